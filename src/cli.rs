@@ -1,0 +1,112 @@
+//! The command line: `run` (the default) and `check`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::server::Proxy;
+use crate::snapshot::{self, Snapshot};
+
+const DEFAULT_CONFIG: &str = "/etc/gatehouse/gatehouse.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about = "TLS-terminating edge proxy for app environments")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The main configuration file.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve traffic (the default).
+    Run,
+    /// Validate the configuration as a start would, print a summary, and exit.
+    Check,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+    }
+}
+
+fn check(config: &Path) -> ExitCode {
+    match snapshot::load(config) {
+        Ok(snapshot) => {
+            print!("{}", snapshot.summary);
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("configuration {} is invalid:\n{errors}", config.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Path) -> ExitCode {
+    init_logging();
+    let snapshot = match snapshot::load(config) {
+        Ok(snapshot) => snapshot,
+        Err(errors) => {
+            for error in &errors.0 {
+                tracing::error!("{error}");
+            }
+            eprintln!("configuration {} is invalid:\n{errors}", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(snapshot))
+}
+
+async fn serve(snapshot: Snapshot) -> ExitCode {
+    for warning in &snapshot.summary.warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        environments = snapshot.environments.len(),
+        domains = snapshot.routes.len(),
+        "configuration loaded"
+    );
+    let proxy = match Proxy::start(snapshot).await {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_stop_signal().await;
+    tracing::info!("stopping");
+    proxy.stop_accepting();
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

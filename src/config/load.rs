@@ -1,0 +1,136 @@
+//! Reading the files: the main file, then every environment file its glob names.
+//!
+//! Paths inside a file are relative to that file's folder. The source text is kept so that
+//! validation can turn a byte span into a line number.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::error::{ConfigError, ConfigErrors};
+use super::schema::{EnvironmentFile, MainFile};
+
+/// A parsed file together with where it came from.
+#[derive(Debug)]
+pub struct SourceFile<T> {
+    pub path: PathBuf,
+    text: String,
+    pub value: T,
+}
+
+impl<T> SourceFile<T> {
+    /// The 1-based line that a byte offset of this file falls on.
+    pub fn line_of(&self, span: &Range<usize>) -> usize {
+        line_of(&self.text, span.start)
+    }
+
+    /// An error located at `span` in this file.
+    pub fn error_at(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.path, Some(self.line_of(span)), Some(key), message)
+    }
+
+    /// A path written in this file, resolved against the file's folder.
+    pub fn resolve(&self, written: &str) -> PathBuf {
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        dir.join(written)
+    }
+}
+
+/// Everything read from disk for one load, before validation.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub main: SourceFile<MainFile>,
+    pub environments: Vec<SourceFile<EnvironmentFile>>,
+}
+
+/// Read and parse the main file and all environment files. Syntax and type errors of every file
+/// are collected before returning.
+pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let main: SourceFile<MainFile> = parse_file(main_path).map_err(ConfigErrors::one)?;
+    let mut errors = Vec::new();
+    let mut environments = Vec::new();
+    for path in environment_paths(&main)? {
+        match parse_file::<EnvironmentFile>(&path) {
+            Ok(file) => environments.push(file),
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(LoadedConfig { main, environments })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let written = &main.value.environments;
+    let dir = main.path.parent().unwrap_or_else(|| Path::new("."));
+    let escaped_dir = glob::Pattern::escape(&dir.to_string_lossy());
+    let pattern = format!("{escaped_dir}/{}", written.get_ref());
+    let located = |message: String| ConfigErrors::one(main.error_at(&written.span(), "environments", message));
+    let entries = glob::glob(&pattern).map_err(|err| located(format!("expected a file glob such as \"environments/*.toml\": {err}")))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|err| located(format!("cannot read {}: {}", err.path().display(), err.error())))?;
+        if path.is_file() {
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        return Err(located(format!("{pattern:?} matches no environment file")));
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<SourceFile<T>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::new(path, None, None, format!("cannot read the file: {err}")))?;
+    match toml::from_str::<T>(&text) {
+        Ok(value) => Ok(SourceFile {
+            path: path.to_path_buf(),
+            text,
+            value,
+        }),
+        Err(err) => {
+            let line = err.span().map(|span| line_of(&text, span.start));
+            let key = line.and_then(|line| key_on_line(&text, line));
+            Err(ConfigError::new(path, line, key, err.message().trim_end()))
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The key assigned on a line (`key = value`), which toml's errors do not name themselves.
+fn key_on_line(text: &str, line: usize) -> Option<&str> {
+    let (key, _) = text.lines().nth(line - 1)?.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with(['[', '#', '"'])).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_of;
+
+    #[test]
+    fn offsets_map_to_one_based_lines() {
+        let text = "a = 1\nb = 2\n\nc = 3";
+        assert_eq!(line_of(text, 0), 1);
+        assert_eq!(line_of(text, 6), 2);
+        assert_eq!(line_of(text, 13), 4);
+        assert_eq!(line_of(text, 999), 4);
+    }
+
+    #[test]
+    fn finds_the_key_assigned_on_a_line() {
+        let text = "name = \"x\"\n[tls]\n  key = 5 # no";
+        assert_eq!(super::key_on_line(text, 1), Some("name"));
+        assert_eq!(super::key_on_line(text, 2), None);
+        assert_eq!(super::key_on_line(text, 3), Some("key"));
+    }
+}

@@ -1,0 +1,160 @@
+//! The typed shape of the configuration files. Every table refuses unknown keys, so a typo is an
+//! error instead of a silently ignored setting. Values that validation must point back at are
+//! kept `Spanned`, so errors can name their line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::ConfigDuration;
+
+/// `gatehouse.toml`: process-wide settings and where the environment files are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainFile {
+    /// Glob of environment files, relative to the main file.
+    pub environments: Spanned<String>,
+    pub listen: ListenSection,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Addresses that terminate TLS.
+    #[serde(default)]
+    pub https: Vec<Spanned<String>>,
+    /// Plain-HTTP addresses that only redirect to https.
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
+    /// The port written into the redirect's `Location` (left out when it is 443).
+    #[serde(default = "default_redirect_port")]
+    pub redirect_port: u16,
+}
+
+fn default_redirect_port() -> u16 {
+    443
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The platform certificate chain (leaf first, then intermediates), PEM.
+    pub certificate: Option<Spanned<String>>,
+    /// The platform certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<Spanned<String>>,
+    /// Generate a self-signed platform certificate in memory at start, covering every configured
+    /// domain. For development only; excludes `certificate` and `key`.
+    pub development_certificate: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Time allowed for the TLS handshake, from accept to the end of the handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout: ConfigDuration,
+    /// Time allowed for a client to send a complete request head (HTTP/1.1).
+    #[serde(default = "default_header_read_timeout")]
+    pub request_header_timeout: ConfigDuration,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: default_handshake_timeout(),
+            request_header_timeout: default_header_read_timeout(),
+        }
+    }
+}
+
+fn default_handshake_timeout() -> ConfigDuration {
+    ConfigDuration::secs(10)
+}
+
+fn default_header_read_timeout() -> ConfigDuration {
+    ConfigDuration::secs(30)
+}
+
+/// Settings for the shared pool of keep-alive connections to app instances.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Time allowed to open a TCP connection to an app instance.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    /// How long an unused keep-alive connection is kept.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: ConfigDuration,
+    /// Idle keep-alive connections kept per app instance.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_instance: usize,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout: default_connect_timeout(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+            pool_max_idle_per_instance: default_pool_max_idle(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+
+fn default_pool_idle_timeout() -> ConfigDuration {
+    ConfigDuration::secs(60)
+}
+
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+/// One file per app environment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentFile {
+    pub name: Spanned<String>,
+    /// Exact names and `*.suffix` wildcards.
+    pub domains: Spanned<Vec<Spanned<String>>>,
+    /// The app instances, as `ip:port`.
+    pub upstreams: Spanned<Vec<Spanned<String>>>,
+    /// Custom-domain certificates; each serves the environment's domains it covers.
+    #[serde(default)]
+    pub certificates: Vec<CertificateEntry>,
+    #[serde(default)]
+    pub timeouts: EnvironmentTimeouts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    pub certificate: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentTimeouts {
+    /// Time allowed between sending the request and receiving the response head (then 504).
+    #[serde(default = "default_response_timeout")]
+    pub response: ConfigDuration,
+}
+
+impl Default for EnvironmentTimeouts {
+    fn default() -> Self {
+        Self {
+            response: default_response_timeout(),
+        }
+    }
+}
+
+fn default_response_timeout() -> ConfigDuration {
+    ConfigDuration::secs(60)
+}

@@ -1,0 +1,254 @@
+//! Forwarding a routed request to one of its environment's app instances.
+//!
+//! The request is rewritten for the app (hop-by-hop headers out; `Host` kept; gatehouse's own
+//! `X-Forwarded-*`, `X-Real-IP` and `X-Request-Id` in, whatever the client sent under those
+//! names), sent over the shared keep-alive pool, and the response streams back. Bodies are
+//! never buffered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::ConnectionInfo;
+use super::upgrade;
+use crate::pages::{ResponseBody, page};
+use crate::server::Shared;
+use crate::snapshot::Environment;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1, plus the
+/// proxy-authentication pair and the non-standard `Proxy-Connection`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Headers only gatehouse may tell the app; a client's own values are dropped, never trusted.
+const GATEHOUSE_SETS: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+    X_REQUEST_ID,
+    FORWARDED,
+];
+
+/// Send `request` to an instance of `environment` and stream the answer back.
+pub async fn forward(
+    shared: &Shared,
+    connection: &ConnectionInfo,
+    environment: &Environment,
+    host: HeaderValue,
+    mut request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let Some(instance) = environment.pick_instance() else {
+        return page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let upgrade_protocol = upgrade::requested_protocol(&request);
+    let downstream_upgrade = upgrade_protocol.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+    let (mut parts, body) = request.into_parts();
+    let Ok(uri) = upstream_uri(instance.authority.clone(), &parts.uri) else {
+        return page(StatusCode::BAD_REQUEST);
+    };
+    let from_http2 = parts.version == Version::HTTP_2;
+    rewrite_request_headers(&mut parts.headers, from_http2);
+    let request_id = shared.request_ids.next();
+    set_forwarding_headers(&mut parts.headers, connection, host, request_id);
+    if let Some(protocol) = upgrade_protocol {
+        upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
+    }
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+
+    let sent = shared.upstream.request(Request::from_parts(parts, body));
+    let response = match tokio::time::timeout(environment.response_timeout, sent).await {
+        Err(_elapsed) => {
+            tracing::warn!(environment = %environment.name, instance = %instance.addr, "upstream response timed out");
+            return page(StatusCode::GATEWAY_TIMEOUT);
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(environment = %environment.name, instance = %instance.addr, error = %err, "upstream request failed");
+            return page(StatusCode::BAD_GATEWAY);
+        }
+        Ok(Ok(response)) => response,
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return match downstream_upgrade {
+            Some(downstream) => upgrade::tunnel(downstream, response),
+            // The app switched protocols without being asked: nothing sane can follow.
+            None => page(StatusCode::BAD_GATEWAY),
+        };
+    }
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// The absolute URI the pool needs: the instance's address, the request's path and query.
+fn upstream_uri(authority: http::uri::Authority, original: &Uri) -> Result<Uri, http::Error> {
+    let path = original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder().scheme(Scheme::HTTP).authority(authority).path_and_query(path).build()
+}
+
+/// Remove what must not travel from the client to the app, and translate HTTP/2-only forms.
+pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
+    let client_accepts_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|value| has_token(value, "trailers"));
+    remove_hop_by_hop(headers);
+    for name in &GATEHOUSE_SETS {
+        headers.remove(name);
+    }
+    if client_accepts_trailers {
+        // gatehouse passes trailers through, so the client's willingness holds end to end.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if from_http2 {
+        merge_cookies(headers);
+    }
+}
+
+fn set_forwarding_headers(headers: &mut HeaderMap, connection: &ConnectionInfo, host: HeaderValue, request_id: HeaderValue) {
+    headers.insert(X_FORWARDED_FOR, connection.client_ip.clone());
+    headers.insert(X_REAL_IP, connection.client_ip.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_HOST, host.clone());
+    headers.insert(X_REQUEST_ID, request_id);
+    headers.insert(header::HOST, host);
+}
+
+/// Remove hop-by-hop headers, including every header that `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| *name != header::HOST)
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// HTTP/2 lets clients send each cookie as its own header field; HTTP/1.1 apps expect one
+/// `Cookie` header with the pairs joined by "; " (RFC 9113 8.2.3).
+fn merge_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Whether a comma-separated header value contains `token` (case-insensitive).
+pub fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|text| {
+        text.split(',')
+            .any(|item| item.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token))
+    })
+}
+
+/// Request ids: a random per-process prefix and a counter, as 32 hex digits. Unique across the
+/// fleet's processes without coordination, and cheap (no syscall per request).
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // Without randomness the ids stay unique within the process, which is what matters most.
+        let _ = getrandom::fill(&mut seed);
+        Self {
+            prefix: u64::from_ne_bytes(seed),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let count = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut digits = [0u8; 32];
+        let value = (u128::from(self.prefix) << 64) | u128::from(count);
+        for (index, digit) in digits.iter_mut().enumerate() {
+            let shift = 124 - 4 * index;
+            *digit = HEX[((value >> shift) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed_but_host_is_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret, host"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(header::HOST, HeaderValue::from_static("a.example"));
+        headers.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        remove_hop_by_hop(&mut headers);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get(KEEP_ALIVE).is_none());
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert_eq!(headers.get(header::HOST).map(HeaderValue::as_bytes), Some(&b"a.example"[..]));
+    }
+
+    #[test]
+    fn request_ids_are_distinct_hex() {
+        let ids = RequestIds::new();
+        let first = ids.next();
+        let second = ids.next();
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 32);
+        assert!(first.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn tokens_are_matched_case_insensitively() {
+        assert!(has_token(&HeaderValue::from_static("gzip, Trailers"), "trailers"));
+        assert!(!has_token(&HeaderValue::from_static("trailersx"), "trailers"));
+    }
+}

@@ -1,0 +1,83 @@
+//! The request path, as a sequence of small phases:
+//!
+//! 1. [`handle`] reads the current snapshot and finds the request's host;
+//! 2. routing picks the environment (404), checked against the connection's TLS policy (421);
+//! 3. [`forward`] rewrites the request for the app, picks an instance and streams both ways;
+//! 4. failures become gatehouse's own pages ([`crate::pages`]).
+
+pub mod forward;
+pub mod upgrade;
+pub mod upstream;
+
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::pages::{ResponseBody, page};
+use crate::server::Shared;
+use crate::tls::policy::PolicyKey;
+
+/// What the request path knows about the downstream connection a request came on.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub client: SocketAddr,
+    /// The client address as a header value, built once per connection.
+    pub client_ip: HeaderValue,
+    /// The TLS policy the handshake was made under.
+    pub policy: PolicyKey,
+}
+
+impl ConnectionInfo {
+    pub fn new(client: SocketAddr, policy: PolicyKey) -> Self {
+        let ip = client.ip().to_canonical();
+        let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            client,
+            client_ip,
+            policy,
+        }
+    }
+}
+
+/// Answer one request from a TLS connection.
+pub async fn handle(shared: &Shared, connection: &ConnectionInfo, request: Request<Incoming>) -> Response<ResponseBody> {
+    let snapshot = shared.snapshot.load_full();
+    let Ok(host) = request_host(&request) else {
+        return page(StatusCode::BAD_REQUEST);
+    };
+    let route = match snapshot.route(host.as_bytes()) {
+        Err(()) => return page(StatusCode::BAD_REQUEST),
+        Ok(None) => return page(StatusCode::NOT_FOUND),
+        Ok(Some(route)) => route,
+    };
+    // A connection may only carry hosts served under the TLS terms it was opened with; HTTP/2
+    // clients reuse connections for every name a certificate covers.
+    let same_policy = snapshot.policies.get(route.policy).is_some_and(|policy| policy.key == connection.policy);
+    if !same_policy {
+        return page(StatusCode::MISDIRECTED_REQUEST);
+    }
+    let Some(environment) = snapshot.environments.get(route.environment) else {
+        return page(StatusCode::NOT_FOUND);
+    };
+    forward::forward(shared, connection, environment, host, request).await
+}
+
+/// The host the request is for: `:authority` (HTTP/2, absolute-form) or `Host`. A request with
+/// neither, with several `Host` headers, or whose two disagree, is malformed: answering it would
+/// let the app and gatehouse disagree about which site is meant.
+pub fn request_host<B>(request: &Request<B>) -> Result<HeaderValue, ()> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(());
+    }
+    match (request.uri().authority(), host_header) {
+        (Some(authority), Some(host)) if !authority.as_str().eq_ignore_ascii_case(host.to_str().map_err(|_| ())?) => {
+            Err(())
+        }
+        (Some(authority), _) => HeaderValue::from_str(authority.as_str()).map_err(|_| ()),
+        (None, Some(host)) => Ok(host.clone()),
+        (None, None) => Err(()),
+    }
+}

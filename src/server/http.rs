@@ -1,0 +1,35 @@
+//! HTTP on an established TLS connection: HTTP/2 when ALPN chose it, HTTP/1.1 otherwise.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::Shared;
+use crate::proxy::{self, ConnectionInfo};
+
+pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
+    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |request| {
+            let shared = shared.clone();
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&shared, &connection, request).await) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = if alpn_h2 { builder.http2_only() } else { builder.http1_only() };
+    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+}

@@ -1,0 +1,64 @@
+//! The plain-HTTP listener: every request for a configured host is redirected (308) to the same
+//! host and path on https. Hosts gatehouse does not serve get 404, so the listener is no
+//! open redirector.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::Shared;
+use crate::pages::{ResponseBody, page, with_body};
+use crate::route::{MAX_HOST_LEN, normalize_host};
+
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _client: SocketAddr) {
+    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+    let service = service_fn(move |request| {
+        let response = redirect(&shared, &request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(err) = served {
+        tracing::debug!(error = %err, "plain-http connection ended with an error");
+    }
+}
+
+fn redirect(shared: &Shared, request: &Request<Incoming>) -> Response<ResponseBody> {
+    let Ok(raw_host) = crate::proxy::request_host(request) else {
+        return page(StatusCode::BAD_REQUEST);
+    };
+    let mut buffer = [0u8; MAX_HOST_LEN];
+    let Some(host) = normalize_host(raw_host.as_bytes(), &mut buffer) else {
+        return page(StatusCode::BAD_REQUEST);
+    };
+    let snapshot = shared.snapshot.load();
+    if snapshot.routes.lookup(host).is_none() {
+        return page(StatusCode::NOT_FOUND);
+    }
+    let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
+    let port = snapshot.settings.redirect_port;
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let Ok(location_value) = HeaderValue::try_from(location.as_str()) else {
+        return page(StatusCode::BAD_REQUEST);
+    };
+    let mut response = with_body(
+        StatusCode::PERMANENT_REDIRECT,
+        Bytes::from(format!("308 Permanent Redirect\n\nThis site is served at {location}\n")),
+    );
+    response.headers_mut().insert(header::LOCATION, location_value);
+    response
+}

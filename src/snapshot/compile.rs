@@ -1,0 +1,517 @@
+//! Validation and compilation: typed configuration in, immutable [`Snapshot`] out.
+//!
+//! Every check that can fail runs here, before anything is served: certificates are read and
+//! paired with their keys, every domain must be covered by a certificate, no domain may be
+//! claimed twice. All problems are collected so that one run reports them all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use http::uri::Authority;
+use toml::Spanned;
+
+use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_warning, unix_now};
+use super::{Environment, Instance, Settings, Snapshot};
+use crate::config::schema::{EnvironmentFile, MainFile};
+use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
+use crate::route::{Route, RouteTable};
+use crate::tls::material::ServingCertificate;
+use crate::tls::policy::{TlsPolicy, crypto_provider};
+
+/// Compile loaded configuration files into a snapshot, or report every problem found.
+pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let settings = compile_settings(&loaded.main, &mut errors);
+    let platform_source = platform_source(&loaded.main, &mut errors);
+
+    let mut claims: HashMap<String, Claim> = HashMap::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let drafts: Vec<EnvironmentDraft> = loaded
+        .environments
+        .iter()
+        .filter_map(|file| compile_environment(file, &mut claims, &mut names, &mut errors))
+        .collect();
+
+    let platform = match platform_source {
+        Some(PlatformSource::Files(certificate)) => Some((certificate, "platform certificate".to_owned())),
+        Some(PlatformSource::Development) => generate_development(&drafts, &mut errors),
+        None => None,
+    };
+    let Some((platform, platform_label)) = platform else {
+        return Err(ConfigErrors(errors));
+    };
+    check_platform_coverage(&loaded.main, &platform, &drafts, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    assemble(loaded, settings, platform, platform_label, drafts).map_err(ConfigErrors)
+}
+
+/// Who claimed a domain first, to name both places when a second environment claims it.
+struct Claim {
+    environment: String,
+    file: PathBuf,
+    line: usize,
+}
+
+enum PlatformSource {
+    Files(ServingCertificate),
+    Development,
+}
+
+/// An environment that passed validation, before policies and routes are assigned.
+struct EnvironmentDraft {
+    name: String,
+    file: PathBuf,
+    domains: Vec<DomainDraft>,
+    instances: Vec<Instance>,
+    certificates: Vec<(ServingCertificate, String)>,
+    response_timeout: std::time::Duration,
+}
+
+struct DomainDraft {
+    name: String,
+    line: usize,
+    /// Index into the environment's certificates, when a custom certificate covers it.
+    certificate: Option<usize>,
+}
+
+fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Settings {
+    let listen = &main.value.listen;
+    let https = parse_listeners(main, &listen.https, "listen.https", errors);
+    let http = parse_listeners(main, &listen.http, "listen.http", errors);
+    if listen.https.is_empty() {
+        errors.push(ConfigError::new(
+            &main.path,
+            None,
+            Some("listen.https"),
+            "expected at least one https listener address, such as [\"0.0.0.0:443\", \"[::]:443\"]",
+        ));
+    }
+    let limits = &main.value.limits;
+    let upstream = &main.value.upstream;
+    Settings {
+        https,
+        http,
+        redirect_port: listen.redirect_port,
+        tls_handshake_timeout: limits.tls_handshake_timeout.0,
+        request_header_timeout: limits.request_header_timeout.0,
+        upstream_connect_timeout: upstream.connect_timeout.0,
+        pool_idle_timeout: upstream.pool_idle_timeout.0,
+        pool_max_idle_per_instance: upstream.pool_max_idle_per_instance,
+    }
+}
+
+fn parse_listeners(
+    main: &SourceFile<MainFile>,
+    written: &[Spanned<String>],
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for entry in written {
+        match parse_socket_addr(entry.get_ref()) {
+            Ok(addr) if addr.port() != 0 && addrs.contains(&addr) => {
+                errors.push(main.error_at(&entry.span(), key, format!("{addr} is listed twice")));
+            }
+            Ok(addr) => addrs.push(addr),
+            Err(message) => errors.push(main.error_at(&entry.span(), key, message)),
+        }
+    }
+    addrs
+}
+
+fn parse_socket_addr(written: &str) -> Result<SocketAddr, String> {
+    written.parse().map_err(|_| {
+        format!("expected an address as ip:port, such as \"127.0.0.1:8443\" or \"[::1]:8443\", found {written:?}")
+    })
+}
+
+fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Option<PlatformSource> {
+    let tls = &main.value.tls;
+    let development = tls.development_certificate.as_ref().filter(|flag| *flag.get_ref());
+    match (&tls.certificate, &tls.key, development) {
+        (Some(_), _, Some(flag)) | (_, Some(_), Some(flag)) => {
+            errors.push(main.error_at(
+                &flag.span(),
+                "tls.development_certificate",
+                "expected either `certificate` and `key` files or `development_certificate = true`, not both",
+            ));
+            None
+        }
+        (None, None, Some(_)) => Some(PlatformSource::Development),
+        (Some(certificate), Some(key), None) => {
+            let certificate_path = main.resolve(certificate.get_ref());
+            let key_path = main.resolve(key.get_ref());
+            match ServingCertificate::from_files(&certificate_path, &key_path, &crypto_provider()) {
+                Ok(serving) => Some(PlatformSource::Files(serving)),
+                Err(err) => {
+                    errors.push(main.error_at(&certificate.span(), "tls.certificate", err.to_string()));
+                    None
+                }
+            }
+        }
+        (certificate, key, None) => {
+            let (line, missing) = match (certificate, key) {
+                (Some(certificate), None) => (Some(main.line_of(&certificate.span())), "tls.key"),
+                (None, Some(key)) => (Some(main.line_of(&key.span())), "tls.certificate"),
+                _ => (None, "tls.certificate"),
+            };
+            errors.push(ConfigError::new(
+                &main.path,
+                line,
+                Some(missing),
+                "expected the platform certificate as `certificate` and `key` PEM files (or `development_certificate = true` for a self-signed one)",
+            ));
+            None
+        }
+    }
+}
+
+fn compile_environment(
+    file: &SourceFile<EnvironmentFile>,
+    claims: &mut HashMap<String, Claim>,
+    names: &mut HashMap<String, PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<EnvironmentDraft> {
+    let before = errors.len();
+    let value = &file.value;
+    let name = value.name.get_ref().clone();
+    if let Err(message) = validate_environment_name(&name) {
+        errors.push(file.error_at(&value.name.span(), "name", message));
+    } else if let Some(other) = names.insert(name.clone(), file.path.clone()) {
+        errors.push(file.error_at(
+            &value.name.span(),
+            "name",
+            format!("environment {name:?} is already defined in {}", other.display()),
+        ));
+    }
+
+    let instances = compile_upstreams(file, errors);
+    let certificates = load_certificates(file, errors);
+    let domains = compile_domains(file, &name, &certificates, claims, errors);
+    check_certificates_used(file, &certificates, &domains, errors);
+
+    (errors.len() == before).then(|| EnvironmentDraft {
+        name,
+        file: file.path.clone(),
+        domains,
+        instances,
+        certificates,
+        response_timeout: value.timeouts.response.0,
+    })
+}
+
+fn validate_environment_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a name of 1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit, found {name:?}"
+        ))
+    }
+}
+
+fn compile_upstreams(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> Vec<Instance> {
+    let written = &file.value.upstreams;
+    if written.get_ref().is_empty() {
+        errors.push(file.error_at(
+            &written.span(),
+            "upstreams",
+            "expected at least one app instance address, such as [\"127.0.0.1:9001\"]",
+        ));
+    }
+    let mut instances = Vec::new();
+    for entry in written.get_ref() {
+        let parsed = parse_socket_addr(entry.get_ref()).and_then(|addr| {
+            let authority = Authority::try_from(addr.to_string()).map_err(|err| err.to_string())?;
+            Ok(Instance { addr, authority })
+        });
+        match parsed {
+            Ok(instance) => instances.push(instance),
+            Err(message) => errors.push(file.error_at(&entry.span(), "upstreams", message)),
+        }
+    }
+    instances
+}
+
+fn load_certificates(
+    file: &SourceFile<EnvironmentFile>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(ServingCertificate, String)> {
+    let provider = crypto_provider();
+    let mut loaded = Vec::new();
+    for entry in &file.value.certificates {
+        let certificate_path = file.resolve(entry.certificate.get_ref());
+        let key_path = file.resolve(entry.key.get_ref());
+        match ServingCertificate::from_files(&certificate_path, &key_path, &provider) {
+            Ok(serving) => loaded.push((serving, certificate_path.display().to_string())),
+            Err(err) => errors.push(file.error_at(&entry.certificate.span(), "certificates.certificate", err.to_string())),
+        }
+    }
+    loaded
+}
+
+fn compile_domains(
+    file: &SourceFile<EnvironmentFile>,
+    environment: &str,
+    certificates: &[(ServingCertificate, String)],
+    claims: &mut HashMap<String, Claim>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<DomainDraft> {
+    let written = &file.value.domains;
+    if written.get_ref().is_empty() {
+        errors.push(file.error_at(
+            &written.span(),
+            "domains",
+            "expected at least one domain, such as [\"shop.apps.example.com\", \"*.shop.example\"]",
+        ));
+    }
+    let mut domains = Vec::new();
+    for entry in written.get_ref() {
+        let line = file.line_of(&entry.span());
+        let domain = match validate_domain(entry.get_ref()) {
+            Ok(domain) => domain,
+            Err(message) => {
+                errors.push(file.error_at(&entry.span(), "domains", message));
+                continue;
+            }
+        };
+        if let Some(claim) = claims.get(&domain) {
+            errors.push(file.error_at(
+                &entry.span(),
+                "domains",
+                format!(
+                    "domain {domain:?} is already claimed by environment {:?} ({}:{})",
+                    claim.environment,
+                    claim.file.display(),
+                    claim.line
+                ),
+            ));
+            continue;
+        }
+        claims.insert(
+            domain.clone(),
+            Claim {
+                environment: environment.to_owned(),
+                file: file.path.clone(),
+                line,
+            },
+        );
+        let certificate = certificates.iter().position(|(serving, _)| serving.facts.covers(&domain));
+        domains.push(DomainDraft {
+            name: domain,
+            line,
+            certificate,
+        });
+    }
+    domains
+}
+
+/// A custom certificate that covers none of its environment's domains is a mistake: it would
+/// never be served, and the domain it was meant for would get the platform certificate.
+fn check_certificates_used(
+    file: &SourceFile<EnvironmentFile>,
+    certificates: &[(ServingCertificate, String)],
+    domains: &[DomainDraft],
+    errors: &mut Vec<ConfigError>,
+) {
+    for (index, (serving, source)) in certificates.iter().enumerate() {
+        if domains.iter().any(|domain| domain.certificate == Some(index)) {
+            continue;
+        }
+        let entry = &file.value.certificates[index];
+        errors.push(file.error_at(
+            &entry.certificate.span(),
+            "certificates.certificate",
+            format!(
+                "certificate {source} does not cover any domain of this environment (it names {:?})",
+                serving.facts.dns_names
+            ),
+        ));
+    }
+}
+
+/// Lowercase a configured domain and check it is an exact host name or `*.` followed by one.
+fn validate_domain(written: &str) -> Result<String, String> {
+    let domain = written.to_ascii_lowercase();
+    let host = domain.strip_prefix("*.").unwrap_or(&domain);
+    let labels_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if labels_ok {
+        Ok(domain)
+    } else {
+        Err(format!(
+            "expected a host name such as \"shop.example.com\" or a wildcard such as \"*.apps.example.com\", found {written:?}"
+        ))
+    }
+}
+
+/// Every domain without a custom certificate is served with the platform certificate, which must
+/// then cover it: otherwise every client would see a name mismatch.
+fn check_platform_coverage(
+    main: &SourceFile<MainFile>,
+    platform: &ServingCertificate,
+    drafts: &[EnvironmentDraft],
+    errors: &mut Vec<ConfigError>,
+) {
+    for draft in drafts {
+        for domain in draft.domains.iter().filter(|domain| domain.certificate.is_none()) {
+            if !platform.facts.covers(&domain.name) {
+                errors.push(ConfigError::new(
+                    &draft.file,
+                    Some(domain.line),
+                    Some("domains"),
+                    format!(
+                        "no certificate covers domain {:?}: the platform certificate ({}) names {:?}; add a [[certificates]] entry for it",
+                        domain.name,
+                        main.resolve(main.value.tls.certificate.as_ref().map_or("", |c| c.get_ref())).display(),
+                        platform.facts.dns_names
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn generate_development(
+    drafts: &[EnvironmentDraft],
+    errors: &mut Vec<ConfigError>,
+) -> Option<(ServingCertificate, String)> {
+    let mut names: Vec<String> = drafts
+        .iter()
+        .flat_map(|draft| draft.domains.iter().filter(|d| d.certificate.is_none()).map(|d| d.name.clone()))
+        .collect();
+    names.push("localhost".to_owned());
+    match crate::tls::development::generate(names, &crypto_provider()) {
+        Ok(serving) => Some((serving, "development certificate (self-signed, generated at start)".to_owned())),
+        Err(err) => {
+            errors.push(ConfigError::new(
+                std::path::Path::new("tls.development_certificate"),
+                None,
+                None,
+                err.to_string(),
+            ));
+            None
+        }
+    }
+}
+
+/// Build policies (one per distinct certificate), routes and environments.
+fn assemble(
+    loaded: &LoadedConfig,
+    settings: Settings,
+    platform: ServingCertificate,
+    platform_label: String,
+    drafts: Vec<EnvironmentDraft>,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let main = &loaded.main;
+    let tls_error = |err: rustls::Error| vec![ConfigError::new(&main.path, None, Some("tls"), err.to_string())];
+    let platform_policy = TlsPolicy::new(&platform).map_err(tls_error)?;
+    let mut policies = vec![platform_policy.clone()];
+    let mut policy_by_fingerprint = HashMap::from([(platform.fingerprint, 0usize)]);
+    let mut routes = RouteTable::default();
+    let mut environments = Vec::with_capacity(drafts.len());
+    let mut summaries = Vec::with_capacity(drafts.len());
+    let now = unix_now();
+    let mut warnings = Vec::new();
+
+    for (index, draft) in drafts.into_iter().enumerate() {
+        let mut certificate_policy = Vec::with_capacity(draft.certificates.len());
+        for (serving, _) in &draft.certificates {
+            let policy = match policy_by_fingerprint.get(&serving.fingerprint) {
+                Some(&existing) => existing,
+                None => {
+                    policies.push(TlsPolicy::new(serving).map_err(tls_error)?);
+                    policy_by_fingerprint.insert(serving.fingerprint, policies.len() - 1);
+                    policies.len() - 1
+                }
+            };
+            certificate_policy.push(policy);
+        }
+        for domain in &draft.domains {
+            let policy = domain.certificate.and_then(|c| certificate_policy.get(c).copied()).unwrap_or(0);
+            routes.insert(&domain.name, Route { environment: index, policy });
+        }
+        let certificates: Vec<CertificateSummary> = draft
+            .certificates
+            .iter()
+            .map(|(serving, source)| certificate_summary(serving, source.clone()))
+            .collect();
+        warnings.extend(certificates.iter().filter_map(|c| expiry_warning(c, now)));
+        summaries.push(EnvironmentSummary {
+            name: draft.name.clone(),
+            file: draft.file.clone(),
+            domains: draft.domains.iter().map(|d| d.name.clone()).collect(),
+            upstreams: draft.instances.iter().map(|i| i.addr.to_string()).collect(),
+            certificates,
+        });
+        environments.push(Environment::new(draft.name.into(), draft.instances, draft.response_timeout));
+    }
+
+    let platform_certificate = certificate_summary(&platform, platform_label);
+    warnings.extend(expiry_warning(&platform_certificate, now));
+    let listeners = settings
+        .https
+        .iter()
+        .map(|addr| format!("https://{addr}"))
+        .chain(settings.http.iter().map(|addr| format!("http://{addr}")))
+        .collect();
+    Ok(Snapshot {
+        routes,
+        environments,
+        platform_policy,
+        policies,
+        settings,
+        summary: Summary {
+            main_file: main.path.clone(),
+            listeners,
+            platform_certificate,
+            environments: summaries,
+            warnings,
+        },
+    })
+}
+
+fn certificate_summary(serving: &ServingCertificate, source: String) -> CertificateSummary {
+    CertificateSummary {
+        source,
+        subject: serving.facts.subject.clone(),
+        names: serving.facts.dns_names.clone(),
+        not_after: serving.facts.not_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{validate_domain, validate_environment_name};
+
+    #[test]
+    fn domains_are_host_names_or_wildcards() {
+        assert_eq!(validate_domain("Shop.Example.COM").as_deref(), Ok("shop.example.com"));
+        assert!(validate_domain("*.apps.example").is_ok());
+        for bad in ["", "*.", "a..b", "-a.b", "a-.b", "a b.c", "*.*.a", "a.*.b", "shop.example.com:443", "https://x.y"] {
+            assert!(validate_domain(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn environment_names_are_safe_labels() {
+        assert!(validate_environment_name("shop-production").is_ok());
+        for bad in ["", "Shop", "-x", "a b", "a/b"] {
+            assert!(validate_environment_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The compiled runtime view of the configuration: the only thing the request path reads.
+//!
+//! A `Snapshot` is built once per load by [`compile`] and never changes afterwards. The running
+//! proxy holds the current one in an `ArcSwap`; a reload compiles a new one off the request path
+//! and stores it. Every request reads the snapshot that was current when it arrived.
+
+mod compile;
+pub mod summary;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::config::ConfigErrors;
+use crate::route::{MAX_HOST_LEN, Route, RouteTable, normalize_host};
+use crate::tls::policy::TlsPolicy;
+
+pub use compile::compile;
+pub use summary::Summary;
+
+/// Read, validate and compile the configuration rooted at `main_file`.
+pub fn load(main_file: &Path) -> Result<Snapshot, ConfigErrors> {
+    let loaded = crate::config::load(main_file)?;
+    compile(&loaded)
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub routes: RouteTable,
+    pub environments: Vec<Environment>,
+    /// The platform certificate's policy, used for no or unknown SNI.
+    pub platform_policy: TlsPolicy,
+    /// Every TLS policy that a route can name; index 0 is the platform policy.
+    pub policies: Vec<TlsPolicy>,
+    pub settings: Settings,
+    /// What `gatehouse check` prints and start-up logs; not read per request.
+    pub summary: Summary,
+}
+
+/// Process-wide settings from the main file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub https: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub redirect_port: u16,
+    pub tls_handshake_timeout: Duration,
+    pub request_header_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_instance: usize,
+}
+
+/// One app environment as the request path needs it.
+#[derive(Debug)]
+pub struct Environment {
+    pub name: Box<str>,
+    pub instances: Vec<Instance>,
+    pub response_timeout: Duration,
+    next_instance: AtomicUsize,
+}
+
+/// One app instance (container) of an environment.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once so that forwarding only clones it.
+    pub authority: Authority,
+}
+
+impl Environment {
+    pub fn new(name: Box<str>, instances: Vec<Instance>, response_timeout: Duration) -> Self {
+        Self {
+            name,
+            instances,
+            response_timeout,
+            next_instance: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round robin over the instances. Validation guarantees there is at least one.
+    pub fn pick_instance(&self) -> Option<&Instance> {
+        let count = self.instances.len();
+        if count == 0 {
+            return None;
+        }
+        let turn = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        self.instances.get(turn % count)
+    }
+}
+
+impl Snapshot {
+    /// Route a raw `Host`/`:authority` value. `Err(())` means the value is no host name.
+    pub fn route(&self, raw_host: &[u8]) -> Result<Option<Route>, ()> {
+        let mut buffer = [0u8; MAX_HOST_LEN];
+        let host = normalize_host(raw_host, &mut buffer).ok_or(())?;
+        Ok(self.routes.lookup(host))
+    }
+
+    /// The TLS policy for a ClientHello's SNI: the policy of the domain it names, else the
+    /// platform policy (also when the client sent no SNI).
+    pub fn policy_for_sni(&self, sni: Option<&str>) -> &TlsPolicy {
+        sni.and_then(|name| self.route(name.as_bytes()).ok().flatten())
+            .and_then(|route| self.policies.get(route.policy))
+            .unwrap_or(&self.platform_policy)
+    }
+}

@@ -1,0 +1,10 @@
+//! TLS material and policies.
+//!
+//! `material` reads certificate chains and keys and answers questions about them (which names,
+//! until when, does the key match). `policy` turns material into the `rustls::ServerConfig` that a
+//! handshake uses. `development` makes the self-signed certificate that the shipped demo config
+//! asks for.
+
+pub mod development;
+pub mod material;
+pub mod policy;
