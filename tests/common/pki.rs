@@ -1,0 +1,74 @@
+//! Certificates made for each test run with rcgen: a CA, and leaves it issues.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+};
+use rustls::pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+#[derive(Clone, Copy, Debug)]
+pub enum KeyKind {
+    Ecdsa,
+    Rsa,
+}
+
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub der: CertificateDer<'static>,
+    pub pem: String,
+}
+
+/// A leaf certificate written to disk, and its DER for comparing with what a server presented.
+pub struct Leaf {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Issue a server certificate for `names`, valid for `days` from yesterday, into `dir`.
+    pub fn issue(&self, dir: &Path, file_stem: &str, names: &[&str], kind: KeyKind, days: i64) -> Leaf {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, file_stem);
+        params.distinguished_name = dn;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(days);
+        let key = match kind {
+            KeyKind::Ecdsa => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
+            KeyKind::Rsa => KeyPair::generate_for(&PKCS_RSA_SHA256).unwrap(),
+        };
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_path = dir.join(format!("{file_stem}.pem"));
+        let key_path = dir.join(format!("{file_stem}.key"));
+        // The chain file carries the leaf then the CA, as operators deploy leaf + intermediates.
+        std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.pem)).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf {
+            cert_path,
+            key_path,
+            der: cert.der().clone(),
+        }
+    }
+}
