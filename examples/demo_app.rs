@@ -42,19 +42,30 @@ fn answer(instance: SocketAddr, request: &Request<Incoming>) -> Response<Full<By
 }
 
 async fn serve(listener: TcpListener) {
-    let Ok(instance) = listener.local_addr() else { return };
+    let Ok(instance) = listener.local_addr() else {
+        return;
+    };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
-            let service = service_fn(move |request| async move { Ok::<_, Infallible>(answer(instance, &request)) });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let service = service_fn(move |request| async move {
+                Ok::<_, Infallible>(answer(instance, &request))
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addrs: Vec<SocketAddr> = std::env::args().skip(1).map(|arg| arg.parse()).collect::<Result<_, _>>()?;
+    let addrs: Vec<SocketAddr> = std::env::args()
+        .skip(1)
+        .map(|arg| arg.parse())
+        .collect::<Result<_, _>>()?;
     if addrs.is_empty() {
         return Err("usage: demo_app ADDR [ADDR...]".into());
     }

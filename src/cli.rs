@@ -11,7 +11,11 @@ use crate::snapshot::{self, Snapshot};
 const DEFAULT_CONFIG: &str = "/etc/gatehouse/gatehouse.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse", version, about = "TLS-terminating edge proxy for app environments")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "TLS-terminating edge proxy for app environments"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -61,7 +65,10 @@ fn run(config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");
@@ -108,5 +115,8 @@ async fn wait_for_stop_signal() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -58,6 +58,11 @@ impl RouteTable {
     }
 }
 
+/// A `Host`, `:authority` or SNI value that is no host name; the request gets 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed host")]
+pub struct MalformedHost;
+
 /// Longest host name that DNS allows, plus room for a trailing dot.
 pub const MAX_HOST_LEN: usize = 254;
 
@@ -107,9 +112,27 @@ mod tests {
 
     fn table() -> RouteTable {
         let mut table = RouteTable::default();
-        assert!(table.insert("shop.example", Route { environment: 0, policy: 0 }));
-        assert!(table.insert("*.apps.example", Route { environment: 1, policy: 0 }));
-        assert!(table.insert("*.eu.apps.example", Route { environment: 2, policy: 0 }));
+        assert!(table.insert(
+            "shop.example",
+            Route {
+                environment: 0,
+                policy: 0
+            }
+        ));
+        assert!(table.insert(
+            "*.apps.example",
+            Route {
+                environment: 1,
+                policy: 0
+            }
+        ));
+        assert!(table.insert(
+            "*.eu.apps.example",
+            Route {
+                environment: 2,
+                policy: 0
+            }
+        ));
         table
     }
 
@@ -117,9 +140,18 @@ mod tests {
     fn exact_before_wildcard_and_longest_wildcard_wins() {
         let table = table();
         assert_eq!(table.lookup("shop.example").map(|r| r.environment), Some(0));
-        assert_eq!(table.lookup("x.apps.example").map(|r| r.environment), Some(1));
-        assert_eq!(table.lookup("x.eu.apps.example").map(|r| r.environment), Some(2));
-        assert_eq!(table.lookup("a.b.eu.apps.example").map(|r| r.environment), Some(2));
+        assert_eq!(
+            table.lookup("x.apps.example").map(|r| r.environment),
+            Some(1)
+        );
+        assert_eq!(
+            table.lookup("x.eu.apps.example").map(|r| r.environment),
+            Some(2)
+        );
+        assert_eq!(
+            table.lookup("a.b.eu.apps.example").map(|r| r.environment),
+            Some(2)
+        );
         assert_eq!(table.lookup("apps.example"), None);
         assert_eq!(table.lookup("other.example"), None);
     }
@@ -127,16 +159,34 @@ mod tests {
     #[test]
     fn duplicate_domains_are_refused() {
         let mut table = table();
-        assert!(!table.insert("shop.example", Route { environment: 3, policy: 0 }));
-        assert!(!table.insert("*.apps.example", Route { environment: 3, policy: 0 }));
+        assert!(!table.insert(
+            "shop.example",
+            Route {
+                environment: 3,
+                policy: 0
+            }
+        ));
+        assert!(!table.insert(
+            "*.apps.example",
+            Route {
+                environment: 3,
+                policy: 0
+            }
+        ));
     }
 
     #[test]
     fn hosts_are_normalised() {
         let mut buffer = [0u8; MAX_HOST_LEN];
-        assert_eq!(normalize_host(b"Shop.Example:8443", &mut buffer), Some("shop.example"));
+        assert_eq!(
+            normalize_host(b"Shop.Example:8443", &mut buffer),
+            Some("shop.example")
+        );
         let mut buffer = [0u8; MAX_HOST_LEN];
-        assert_eq!(normalize_host(b"shop.example.", &mut buffer), Some("shop.example"));
+        assert_eq!(
+            normalize_host(b"shop.example.", &mut buffer),
+            Some("shop.example")
+        );
         let mut buffer = [0u8; MAX_HOST_LEN];
         assert_eq!(normalize_host(b"[::1]:443", &mut buffer), Some("[::1]"));
         let mut buffer = [0u8; MAX_HOST_LEN];

@@ -28,14 +28,28 @@ async fn start() -> (Fixture, Apps, Running) {
     fixture.issue("www.shop.example", &["www.shop.example"], KeyKind::Ecdsa);
     fixture.issue("partner", &["*.partner.example"], KeyKind::Ecdsa);
     fixture.main_config("");
-    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[apps.shop.addr], ""));
-    fixture.environment("wild", &environment_toml("wild", &["*.apps.test"], &[apps.wild.addr], ""));
-    fixture.environment("eu", &environment_toml("eu", &["*.eu.apps.test"], &[apps.eu.addr], ""));
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[apps.shop.addr], ""),
+    );
+    fixture.environment(
+        "wild",
+        &environment_toml("wild", &["*.apps.test"], &[apps.wild.addr], ""),
+    );
+    fixture.environment(
+        "eu",
+        &environment_toml("eu", &["*.eu.apps.test"], &[apps.eu.addr], ""),
+    );
     let certificates = "[[certificates]]\ncertificate = \"../www.shop.example.pem\"\nkey = \"../www.shop.example.key\"\n\
                         [[certificates]]\ncertificate = \"../partner.pem\"\nkey = \"../partner.key\"\n";
     fixture.environment(
         "custom",
-        &environment_toml("custom", &["www.shop.example", "*.partner.example"], &[apps.custom.addr], certificates),
+        &environment_toml(
+            "custom",
+            &["www.shop.example", "*.partner.example"],
+            &[apps.custom.addr],
+            certificates,
+        ),
     );
     let running = fixture.start().await;
     (fixture, apps, running)
@@ -76,7 +90,11 @@ async fn unknown_host_gets_404_page() {
     let mut sender = running.h1("shop.apps.test").await;
     let answer = send_h1(&mut sender, get("nowhere.example", "/")).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    assert!(answer.text().starts_with("404 Not Found"), "{}", answer.text());
+    assert!(
+        answer.text().starts_with("404 Not Found"),
+        "{}",
+        answer.text()
+    );
     assert_eq!(answer.header("x-upstream"), None);
 }
 
@@ -123,13 +141,22 @@ async fn http2_connection_reuse_across_platform_hosts_is_allowed_but_not_across_
 async fn request_without_host_is_400() {
     let (_fixture, _apps, running) = start().await;
     let mut tls = running
-        .tls(common::Connect { server_name: "shop.apps.test", send_sni: true, alpn: &[b"http/1.1"] })
+        .tls(common::Connect {
+            server_name: "shop.apps.test",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
         .await;
     tls.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     let mut response = Vec::new();
-    let _ = tokio::time::timeout(common::WAIT, tls.read_to_end(&mut response)).await.unwrap();
+    let _ = tokio::time::timeout(common::WAIT, tls.read_to_end(&mut response))
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&response);
-    assert!(text.starts_with("HTTP/1.0 400") || text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.0 400") || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

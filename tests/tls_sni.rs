@@ -25,7 +25,9 @@ async fn fixture_with_custom_domain() -> (Fixture, Upstream, common::pki::Leaf) 
 }
 
 fn presented(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
-    tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
 }
 
 #[tokio::test]
@@ -33,7 +35,11 @@ async fn custom_domain_sni_gets_the_custom_certificate() {
     let (fixture, _app, custom) = fixture_with_custom_domain().await;
     let running = fixture.start().await;
     let tls = running
-        .tls(Connect { server_name: "www.shop.example", send_sni: true, alpn: &[b"http/1.1"] })
+        .tls(Connect {
+            server_name: "www.shop.example",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
         .await;
     assert_eq!(presented(&tls), custom.der.as_ref());
 }
@@ -43,7 +49,11 @@ async fn platform_domain_sni_gets_the_platform_certificate() {
     let (fixture, _app, _custom) = fixture_with_custom_domain().await;
     let running = fixture.start().await;
     let tls = running
-        .tls(Connect { server_name: "shop.apps.test", send_sni: true, alpn: &[b"http/1.1"] })
+        .tls(Connect {
+            server_name: "shop.apps.test",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
         .await;
     assert_eq!(presented(&tls), fixture.platform.der.as_ref());
 }
@@ -53,11 +63,19 @@ async fn no_sni_and_unknown_sni_get_the_platform_certificate() {
     let (fixture, _app, _custom) = fixture_with_custom_domain().await;
     let running = fixture.start().await;
     let without_sni = running
-        .tls(Connect { server_name: "shop.apps.test", send_sni: false, alpn: &[b"http/1.1"] })
+        .tls(Connect {
+            server_name: "shop.apps.test",
+            send_sni: false,
+            alpn: &[b"http/1.1"],
+        })
         .await;
     assert_eq!(presented(&without_sni), fixture.platform.der.as_ref());
     let unknown = running
-        .tls(Connect { server_name: "other.apps.test", send_sni: true, alpn: &[b"http/1.1"] })
+        .tls(Connect {
+            server_name: "other.apps.test",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
         .await;
     assert_eq!(presented(&unknown), fixture.platform.der.as_ref());
 }
@@ -67,12 +85,23 @@ async fn alpn_offers_h2_and_http11_over_tls12_and_tls13() {
     let (fixture, _app, _custom) = fixture_with_custom_domain().await;
     let running = fixture.start().await;
     let h2 = running
-        .tls(Connect { server_name: "shop.apps.test", send_sni: true, alpn: &[b"h2", b"http/1.1"] })
+        .tls(Connect {
+            server_name: "shop.apps.test",
+            send_sni: true,
+            alpn: &[b"h2", b"http/1.1"],
+        })
         .await;
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    assert_eq!(h2.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        h2.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     let h1 = running
-        .tls(Connect { server_name: "shop.apps.test", send_sni: true, alpn: &[b"http/1.1"] })
+        .tls(Connect {
+            server_name: "shop.apps.test",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
         .await;
     assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
@@ -91,7 +120,13 @@ async fn openssl_client_sees_tls12_and_no_older_protocols() {
         let ca = ca.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new("openssl")
-                .args(["s_client", "-connect", &connect, "-servername", "www.shop.example"])
+                .args([
+                    "s_client",
+                    "-connect",
+                    &connect,
+                    "-servername",
+                    "www.shop.example",
+                ])
                 .args(version)
                 .arg("-CAfile")
                 .arg(&ca)
@@ -101,14 +136,28 @@ async fn openssl_client_sees_tls12_and_no_older_protocols() {
                 .unwrap()
         })
     };
-    let tls12 = tokio::time::timeout(common::WAIT, s_client(&["-tls1_2"])).await.unwrap().unwrap();
-    let output = String::from_utf8_lossy(&tls12.stderr).into_owned() + &String::from_utf8_lossy(&tls12.stdout);
+    let tls12 = tokio::time::timeout(common::WAIT, s_client(&["-tls1_2"]))
+        .await
+        .unwrap()
+        .unwrap();
+    let output = String::from_utf8_lossy(&tls12.stderr).into_owned()
+        + &String::from_utf8_lossy(&tls12.stdout);
     assert!(output.contains("Protocol version: TLSv1.2"), "{output}");
     assert!(output.contains("Verification: OK"), "{output}");
     assert!(output.contains("CN = www.shop.example"), "{output}");
-    let tls11 = tokio::time::timeout(common::WAIT, s_client(&["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"])).await.unwrap().unwrap();
-    let output = String::from_utf8_lossy(&tls11.stderr).into_owned() + &String::from_utf8_lossy(&tls11.stdout);
+    let tls11 = tokio::time::timeout(
+        common::WAIT,
+        s_client(&["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let output = String::from_utf8_lossy(&tls11.stderr).into_owned()
+        + &String::from_utf8_lossy(&tls11.stdout);
     // The client did offer TLS 1.1 (security level 0 allows it); the server refused it with an alert.
-    assert!(output.contains("alert handshake failure") || output.contains("alert protocol version"), "{output}");
+    assert!(
+        output.contains("alert handshake failure") || output.contains("alert protocol version"),
+        "{output}"
+    );
     assert!(!tls11.status.success(), "{output}");
 }

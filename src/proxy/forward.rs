@@ -28,14 +28,14 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1, plus the
-/// proxy-authentication pair and the non-standard `Proxy-Connection`).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
+/// proxy-authentication pair, which is meant for a proxy and never for the app. `Trailer` is
+/// end-to-end: HTTP/1.1 peers only send the trailer fields it declares.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
@@ -64,7 +64,9 @@ pub async fn forward(
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let upgrade_protocol = upgrade::requested_protocol(&request);
-    let downstream_upgrade = upgrade_protocol.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = upgrade_protocol
+        .as_ref()
+        .map(|_| hyper::upgrade::on(&mut request));
 
     let (mut parts, body) = request.into_parts();
     let Ok(uri) = upstream_uri(instance.authority.clone(), &parts.uri) else {
@@ -107,8 +109,15 @@ pub async fn forward(
 
 /// The absolute URI the pool needs: the instance's address, the request's path and query.
 fn upstream_uri(authority: http::uri::Authority, original: &Uri) -> Result<Uri, http::Error> {
-    let path = original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder().scheme(Scheme::HTTP).authority(authority).path_and_query(path).build()
+    let path = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
 }
 
 /// Remove what must not travel from the client to the app, and translate HTTP/2-only forms.
@@ -130,7 +139,12 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
     }
 }
 
-fn set_forwarding_headers(headers: &mut HeaderMap, connection: &ConnectionInfo, host: HeaderValue, request_id: HeaderValue) {
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    connection: &ConnectionInfo,
+    host: HeaderValue,
+    request_id: HeaderValue,
+) {
     headers.insert(X_FORWARDED_FOR, connection.client_ip.clone());
     headers.insert(X_REAL_IP, connection.client_ip.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
@@ -175,8 +189,13 @@ fn merge_cookies(headers: &mut HeaderMap) {
 /// Whether a comma-separated header value contains `token` (case-insensitive).
 pub fn has_token(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|text| {
-        text.split(',')
-            .any(|item| item.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token))
+        text.split(',').any(|item| {
+            item.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(token)
+        })
     })
 }
 
@@ -225,7 +244,10 @@ mod tests {
     #[test]
     fn connection_named_headers_are_removed_but_host_is_kept() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret, host"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret, host"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert(header::HOST, HeaderValue::from_static("a.example"));
         headers.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
@@ -233,7 +255,10 @@ mod tests {
         assert!(headers.get("x-secret").is_none());
         assert!(headers.get(KEEP_ALIVE).is_none());
         assert!(headers.get(header::CONNECTION).is_none());
-        assert_eq!(headers.get(header::HOST).map(HeaderValue::as_bytes), Some(&b"a.example"[..]));
+        assert_eq!(
+            headers.get(header::HOST).map(HeaderValue::as_bytes),
+            Some(&b"a.example"[..])
+        );
     }
 
     #[test]
@@ -248,7 +273,13 @@ mod tests {
 
     #[test]
     fn tokens_are_matched_case_insensitively() {
-        assert!(has_token(&HeaderValue::from_static("gzip, Trailers"), "trailers"));
-        assert!(!has_token(&HeaderValue::from_static("trailersx"), "trailers"));
+        assert!(has_token(
+            &HeaderValue::from_static("gzip, Trailers"),
+            "trailers"
+        ));
+        assert!(!has_token(
+            &HeaderValue::from_static("trailersx"),
+            "trailers"
+        ));
     }
 }

@@ -15,6 +15,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::pages::{ResponseBody, page};
+use crate::route::MalformedHost;
 use crate::server::Shared;
 use crate::tls::policy::PolicyKey;
 
@@ -31,7 +32,8 @@ pub struct ConnectionInfo {
 impl ConnectionInfo {
     pub fn new(client: SocketAddr, policy: PolicyKey) -> Self {
         let ip = client.ip().to_canonical();
-        let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let client_ip = HeaderValue::try_from(ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             client,
             client_ip,
@@ -41,19 +43,26 @@ impl ConnectionInfo {
 }
 
 /// Answer one request from a TLS connection.
-pub async fn handle(shared: &Shared, connection: &ConnectionInfo, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    shared: &Shared,
+    connection: &ConnectionInfo,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let snapshot = shared.snapshot.load_full();
     let Ok(host) = request_host(&request) else {
         return page(StatusCode::BAD_REQUEST);
     };
     let route = match snapshot.route(host.as_bytes()) {
-        Err(()) => return page(StatusCode::BAD_REQUEST),
+        Err(MalformedHost) => return page(StatusCode::BAD_REQUEST),
         Ok(None) => return page(StatusCode::NOT_FOUND),
         Ok(Some(route)) => route,
     };
     // A connection may only carry hosts served under the TLS terms it was opened with; HTTP/2
     // clients reuse connections for every name a certificate covers.
-    let same_policy = snapshot.policies.get(route.policy).is_some_and(|policy| policy.key == connection.policy);
+    let same_policy = snapshot
+        .policies
+        .get(route.policy)
+        .is_some_and(|policy| policy.key == connection.policy);
     if !same_policy {
         return page(StatusCode::MISDIRECTED_REQUEST);
     }
@@ -66,18 +75,27 @@ pub async fn handle(shared: &Shared, connection: &ConnectionInfo, request: Reque
 /// The host the request is for: `:authority` (HTTP/2, absolute-form) or `Host`. A request with
 /// neither, with several `Host` headers, or whose two disagree, is malformed: answering it would
 /// let the app and gatehouse disagree about which site is meant.
-pub fn request_host<B>(request: &Request<B>) -> Result<HeaderValue, ()> {
+pub fn request_host<B>(request: &Request<B>) -> Result<HeaderValue, MalformedHost> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
-        return Err(());
+        return Err(MalformedHost);
     }
     match (request.uri().authority(), host_header) {
-        (Some(authority), Some(host)) if !authority.as_str().eq_ignore_ascii_case(host.to_str().map_err(|_| ())?) => {
-            Err(())
+        (Some(authority), Some(host)) => {
+            let agree = host
+                .to_str()
+                .is_ok_and(|host| authority.as_str().eq_ignore_ascii_case(host));
+            if agree {
+                Ok(host.clone())
+            } else {
+                Err(MalformedHost)
+            }
         }
-        (Some(authority), _) => HeaderValue::from_str(authority.as_str()).map_err(|_| ()),
+        (Some(authority), None) => {
+            HeaderValue::from_str(authority.as_str()).map_err(|_| MalformedHost)
+        }
         (None, Some(host)) => Ok(host.clone()),
-        (None, None) => Err(()),
+        (None, None) => Err(MalformedHost),
     }
 }

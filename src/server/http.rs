@@ -12,7 +12,12 @@ use tokio_rustls::server::TlsStream;
 use super::Shared;
 use crate::proxy::{self, ConnectionInfo};
 
-pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    tls: TlsStream<TcpStream>,
+    alpn_h2: bool,
+) {
     let header_timeout = shared.snapshot.load().settings.request_header_timeout;
     let service = {
         let shared = shared.clone();
@@ -28,8 +33,15 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
-    let builder = if alpn_h2 { builder.http2_only() } else { builder.http1_only() };
-    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+    let builder = if alpn_h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    if let Err(err) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+    {
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }

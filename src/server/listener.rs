@@ -21,7 +21,10 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartErr
 }
 
 pub fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
-    listeners.iter().filter_map(|listener| listener.local_addr().ok()).collect()
+    listeners
+        .iter()
+        .filter_map(|listener| listener.local_addr().ok())
+        .collect()
 }
 
 /// Accept connections forever, serving each on its own task with `serve`.

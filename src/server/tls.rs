@@ -32,7 +32,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     super::http::serve(shared, connection, tls, alpn_h2).await;
 }
 
-async fn handshake(shared: &Shared, stream: TcpStream) -> std::io::Result<(TlsStream<TcpStream>, PolicyKey)> {
+async fn handshake(
+    shared: &Shared,
+    stream: TcpStream,
+) -> std::io::Result<(TlsStream<TcpStream>, PolicyKey)> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let (key, config) = {
         let snapshot = shared.snapshot.load();

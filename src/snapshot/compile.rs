@@ -34,7 +34,9 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
         .collect();
 
     let platform = match platform_source {
-        Some(PlatformSource::Files(certificate)) => Some((certificate, "platform certificate".to_owned())),
+        Some(PlatformSource::Files(certificate)) => {
+            Some((certificate, "platform certificate".to_owned()))
+        }
         Some(PlatformSource::Development) => generate_development(&drafts, &mut errors),
         None => None,
     };
@@ -128,9 +130,15 @@ fn parse_socket_addr(written: &str) -> Result<SocketAddr, String> {
     })
 }
 
-fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Option<PlatformSource> {
+fn platform_source(
+    main: &SourceFile<MainFile>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PlatformSource> {
     let tls = &main.value.tls;
-    let development = tls.development_certificate.as_ref().filter(|flag| *flag.get_ref());
+    let development = tls
+        .development_certificate
+        .as_ref()
+        .filter(|flag| *flag.get_ref());
     match (&tls.certificate, &tls.key, development) {
         (Some(_), _, Some(flag)) | (_, Some(_), Some(flag)) => {
             errors.push(main.error_at(
@@ -147,7 +155,11 @@ fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -
             match ServingCertificate::from_files(&certificate_path, &key_path, &crypto_provider()) {
                 Ok(serving) => Some(PlatformSource::Files(serving)),
                 Err(err) => {
-                    errors.push(main.error_at(&certificate.span(), "tls.certificate", err.to_string()));
+                    errors.push(main.error_at(
+                        &certificate.span(),
+                        "tls.certificate",
+                        err.to_string(),
+                    ));
                     None
                 }
             }
@@ -184,7 +196,10 @@ fn compile_environment(
         errors.push(file.error_at(
             &value.name.span(),
             "name",
-            format!("environment {name:?} is already defined in {}", other.display()),
+            format!(
+                "environment {name:?} is already defined in {}",
+                other.display()
+            ),
         ));
     }
 
@@ -207,7 +222,9 @@ fn validate_environment_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if valid {
         Ok(())
     } else {
@@ -217,7 +234,10 @@ fn validate_environment_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn compile_upstreams(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> Vec<Instance> {
+fn compile_upstreams(
+    file: &SourceFile<EnvironmentFile>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Instance> {
     let written = &file.value.upstreams;
     if written.get_ref().is_empty() {
         errors.push(file.error_at(
@@ -251,7 +271,11 @@ fn load_certificates(
         let key_path = file.resolve(entry.key.get_ref());
         match ServingCertificate::from_files(&certificate_path, &key_path, &provider) {
             Ok(serving) => loaded.push((serving, certificate_path.display().to_string())),
-            Err(err) => errors.push(file.error_at(&entry.certificate.span(), "certificates.certificate", err.to_string())),
+            Err(err) => errors.push(file.error_at(
+                &entry.certificate.span(),
+                "certificates.certificate",
+                err.to_string(),
+            )),
         }
     }
     loaded
@@ -303,7 +327,9 @@ fn compile_domains(
                 line,
             },
         );
-        let certificate = certificates.iter().position(|(serving, _)| serving.facts.covers(&domain));
+        let certificate = certificates
+            .iter()
+            .position(|(serving, _)| serving.facts.covers(&domain));
         domains.push(DomainDraft {
             name: domain,
             line,
@@ -322,7 +348,10 @@ fn check_certificates_used(
     errors: &mut Vec<ConfigError>,
 ) {
     for (index, (serving, source)) in certificates.iter().enumerate() {
-        if domains.iter().any(|domain| domain.certificate == Some(index)) {
+        if domains
+            .iter()
+            .any(|domain| domain.certificate == Some(index))
+        {
             continue;
         }
         let entry = &file.value.certificates[index];
@@ -368,7 +397,11 @@ fn check_platform_coverage(
     errors: &mut Vec<ConfigError>,
 ) {
     for draft in drafts {
-        for domain in draft.domains.iter().filter(|domain| domain.certificate.is_none()) {
+        for domain in draft
+            .domains
+            .iter()
+            .filter(|domain| domain.certificate.is_none())
+        {
             if !platform.facts.covers(&domain.name) {
                 errors.push(ConfigError::new(
                     &draft.file,
@@ -392,11 +425,20 @@ fn generate_development(
 ) -> Option<(ServingCertificate, String)> {
     let mut names: Vec<String> = drafts
         .iter()
-        .flat_map(|draft| draft.domains.iter().filter(|d| d.certificate.is_none()).map(|d| d.name.clone()))
+        .flat_map(|draft| {
+            draft
+                .domains
+                .iter()
+                .filter(|d| d.certificate.is_none())
+                .map(|d| d.name.clone())
+        })
         .collect();
     names.push("localhost".to_owned());
     match crate::tls::development::generate(names, &crypto_provider()) {
-        Ok(serving) => Some((serving, "development certificate (self-signed, generated at start)".to_owned())),
+        Ok(serving) => Some((
+            serving,
+            "development certificate (self-signed, generated at start)".to_owned(),
+        )),
         Err(err) => {
             errors.push(ConfigError::new(
                 std::path::Path::new("tls.development_certificate"),
@@ -418,7 +460,14 @@ fn assemble(
     drafts: Vec<EnvironmentDraft>,
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let main = &loaded.main;
-    let tls_error = |err: rustls::Error| vec![ConfigError::new(&main.path, None, Some("tls"), err.to_string())];
+    let tls_error = |err: rustls::Error| {
+        vec![ConfigError::new(
+            &main.path,
+            None,
+            Some("tls"),
+            err.to_string(),
+        )]
+    };
     let platform_policy = TlsPolicy::new(&platform).map_err(tls_error)?;
     let mut policies = vec![platform_policy.clone()];
     let mut policy_by_fingerprint = HashMap::from([(platform.fingerprint, 0usize)]);
@@ -442,8 +491,17 @@ fn assemble(
             certificate_policy.push(policy);
         }
         for domain in &draft.domains {
-            let policy = domain.certificate.and_then(|c| certificate_policy.get(c).copied()).unwrap_or(0);
-            routes.insert(&domain.name, Route { environment: index, policy });
+            let policy = domain
+                .certificate
+                .and_then(|c| certificate_policy.get(c).copied())
+                .unwrap_or(0);
+            routes.insert(
+                &domain.name,
+                Route {
+                    environment: index,
+                    policy,
+                },
+            );
         }
         let certificates: Vec<CertificateSummary> = draft
             .certificates
@@ -458,7 +516,11 @@ fn assemble(
             upstreams: draft.instances.iter().map(|i| i.addr.to_string()).collect(),
             certificates,
         });
-        environments.push(Environment::new(draft.name.into(), draft.instances, draft.response_timeout));
+        environments.push(Environment::new(
+            draft.name.into(),
+            draft.instances,
+            draft.response_timeout,
+        ));
     }
 
     let platform_certificate = certificate_summary(&platform, platform_label);
@@ -500,9 +562,23 @@ mod tests {
 
     #[test]
     fn domains_are_host_names_or_wildcards() {
-        assert_eq!(validate_domain("Shop.Example.COM").as_deref(), Ok("shop.example.com"));
+        assert_eq!(
+            validate_domain("Shop.Example.COM").as_deref(),
+            Ok("shop.example.com")
+        );
         assert!(validate_domain("*.apps.example").is_ok());
-        for bad in ["", "*.", "a..b", "-a.b", "a-.b", "a b.c", "*.*.a", "a.*.b", "shop.example.com:443", "https://x.y"] {
+        for bad in [
+            "",
+            "*.",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a b.c",
+            "*.*.a",
+            "a.*.b",
+            "shop.example.com:443",
+            "https://x.y",
+        ] {
             assert!(validate_domain(bad).is_err(), "{bad:?} accepted");
         }
     }

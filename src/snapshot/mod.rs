@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::uri::Authority;
 
 use crate::config::ConfigErrors;
-use crate::route::{MAX_HOST_LEN, Route, RouteTable, normalize_host};
+use crate::route::{MAX_HOST_LEN, MalformedHost, Route, RouteTable, normalize_host};
 use crate::tls::policy::TlsPolicy;
 
 pub use compile::compile;
@@ -92,10 +92,10 @@ impl Environment {
 }
 
 impl Snapshot {
-    /// Route a raw `Host`/`:authority` value. `Err(())` means the value is no host name.
-    pub fn route(&self, raw_host: &[u8]) -> Result<Option<Route>, ()> {
+    /// Route a raw `Host`/`:authority` value; `Ok(None)` when no environment serves it.
+    pub fn route(&self, raw_host: &[u8]) -> Result<Option<Route>, MalformedHost> {
         let mut buffer = [0u8; MAX_HOST_LEN];
-        let host = normalize_host(raw_host, &mut buffer).ok_or(())?;
+        let host = normalize_host(raw_host, &mut buffer).ok_or(MalformedHost)?;
         Ok(self.routes.lookup(host))
     }
 

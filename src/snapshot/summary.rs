@@ -43,14 +43,19 @@ impl CertificateSummary {
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 /// A warning for a certificate that expires within [`EXPIRY_WARNING_DAYS`], or already has.
 pub fn expiry_warning(certificate: &CertificateSummary, now: i64) -> Option<String> {
     let days = certificate.days_left(now);
     if certificate.not_after <= now {
-        Some(format!("certificate {} ({}) has EXPIRED", certificate.source, certificate.subject))
+        Some(format!(
+            "certificate {} ({}) has EXPIRED",
+            certificate.source, certificate.subject
+        ))
     } else if days < EXPIRY_WARNING_DAYS {
         Some(format!(
             "certificate {} ({}) expires in {days} days",
@@ -83,7 +88,12 @@ impl fmt::Display for Summary {
     }
 }
 
-fn write_certificate(f: &mut fmt::Formatter<'_>, label: &str, certificate: &CertificateSummary, now: i64) -> fmt::Result {
+fn write_certificate(
+    f: &mut fmt::Formatter<'_>,
+    label: &str,
+    certificate: &CertificateSummary,
+    now: i64,
+) -> fmt::Result {
     writeln!(
         f,
         "{label}: {} [{}] expires in {} days ({})",

@@ -39,7 +39,9 @@ impl TlsPolicy {
         let mut config = ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certificate.certified.clone())));
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(
+                certificate.certified.clone(),
+            )));
         config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
         Ok(Self {
             key: PolicyKey(certificate.fingerprint),

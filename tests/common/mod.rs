@@ -81,7 +81,8 @@ impl Fixture {
 
     /// Load the written configuration and start gatehouse.
     pub async fn start(&self) -> Running {
-        let snapshot = gatehouse::snapshot::load(&self.path("gatehouse.toml")).unwrap_or_else(|errors| panic!("{errors}"));
+        let snapshot = gatehouse::snapshot::load(&self.path("gatehouse.toml"))
+            .unwrap_or_else(|errors| panic!("{errors}"));
         let proxy = Proxy::start(snapshot).await.unwrap();
         Running {
             https: proxy.https_addrs()[0],
@@ -99,7 +100,12 @@ impl Default for Fixture {
 }
 
 /// A simple environment file.
-pub fn environment_toml(name: &str, domains: &[&str], upstreams: &[SocketAddr], extra: &str) -> String {
+pub fn environment_toml(
+    name: &str,
+    domains: &[&str],
+    upstreams: &[SocketAddr],
+    extra: &str,
+) -> String {
     let domains: Vec<String> = domains.iter().map(|d| format!("{d:?}")).collect();
     let upstreams: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
@@ -139,30 +145,37 @@ impl Running {
         let connector = TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(self.https).await.unwrap();
         let name = ServerName::try_from(connect.server_name.to_owned()).unwrap();
-        tokio::time::timeout(WAIT, connector.connect(name, tcp)).await.unwrap().unwrap()
+        tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     /// An HTTP/1.1 connection whose SNI is `host`.
     pub async fn h1(&self, host: &str) -> http1::SendRequest<ClientBody> {
-        let tls = self.tls(Connect {
-            server_name: host,
-            send_sni: true,
-            alpn: &[b"http/1.1"],
-        })
-        .await;
+        let tls = self
+            .tls(Connect {
+                server_name: host,
+                send_sni: true,
+                alpn: &[b"http/1.1"],
+            })
+            .await;
         h1_over(tls).await
     }
 
     /// An HTTP/2 connection whose SNI is `host`.
     pub async fn h2(&self, host: &str) -> http2::SendRequest<ClientBody> {
-        let tls = self.tls(Connect {
-            server_name: host,
-            send_sni: true,
-            alpn: &[b"h2"],
-        })
-        .await;
+        let tls = self
+            .tls(Connect {
+                server_name: host,
+                send_sni: true,
+                alpn: &[b"h2"],
+            })
+            .await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(connection);
         sender
     }
@@ -185,7 +198,10 @@ where
 
 /// A GET request with a `Host` header.
 pub fn get(host: &str, path: &str) -> Request<ClientBody> {
-    Request::get(path).header("host", host).body(Empty::new().boxed()).unwrap()
+    Request::get(path)
+        .header("host", host)
+        .body(Empty::new().boxed())
+        .unwrap()
 }
 
 /// What a test client saw.
@@ -216,19 +232,34 @@ impl Answer {
     }
 }
 
-pub async fn send_h1(sender: &mut http1::SendRequest<ClientBody>, request: Request<ClientBody>) -> Answer {
-    let response = tokio::time::timeout(WAIT, sender.send_request(request)).await.unwrap().unwrap();
+pub async fn send_h1(
+    sender: &mut http1::SendRequest<ClientBody>,
+    request: Request<ClientBody>,
+) -> Answer {
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
     collect(response).await
 }
 
-pub async fn send_h2(sender: &mut http2::SendRequest<ClientBody>, request: Request<ClientBody>) -> Answer {
-    let response = tokio::time::timeout(WAIT, sender.send_request(request)).await.unwrap().unwrap();
+pub async fn send_h2(
+    sender: &mut http2::SendRequest<ClientBody>,
+    request: Request<ClientBody>,
+) -> Answer {
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
     collect(response).await
 }
 
 pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Answer {
     let (parts, body) = response.into_parts();
-    let collected = tokio::time::timeout(WAIT, body.collect()).await.unwrap().unwrap();
+    let collected = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap();
     let trailers = collected.trailers().cloned();
     Answer {
         status: parts.status,

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
 };
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -46,7 +46,14 @@ impl Ca {
     }
 
     /// Issue a server certificate for `names`, valid for `days` from yesterday, into `dir`.
-    pub fn issue(&self, dir: &Path, file_stem: &str, names: &[&str], kind: KeyKind, days: i64) -> Leaf {
+    pub fn issue(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        names: &[&str],
+        kind: KeyKind,
+        days: i64,
+    ) -> Leaf {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         let mut dn = DistinguishedName::new();

@@ -76,7 +76,9 @@ impl Drop for Upstream {
 
 async fn serve(listener: TcpListener, name: String, state: Arc<State>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
         let name = name.clone();
         let state = state.clone();
         tokio::spawn(async move {
@@ -129,14 +131,19 @@ fn text(body: String) -> Response<Body> {
 fn dump(name: &str, request: &Request<Incoming>) -> String {
     let mut out = format!("upstream: {name}\n{} {}\n", request.method(), request.uri());
     for (header, value) in request.headers() {
-        out.push_str(&format!("{header}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+        out.push_str(&format!(
+            "{header}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
     }
     out
 }
 
 /// FNV-1a, to check that bytes arrived intact and in order.
 pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(hash, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
+    })
 }
 
 pub const FNV_START: u64 = 0xcbf29ce484222325;
@@ -155,7 +162,9 @@ async fn upload(state: &Arc<State>, request: Request<Incoming>) -> Response<Body
         if let Some(data) = frame.data_ref() {
             total += data.len() as u64;
             hash = fnv1a(hash, data);
-            state.upload_bytes_seen.fetch_add(data.len() as u64, Ordering::SeqCst);
+            state
+                .upload_bytes_seen
+                .fetch_add(data.len() as u64, Ordering::SeqCst);
         }
     }
     text(format!("received {total} {hash:x}"))
@@ -175,7 +184,10 @@ fn download(size: u64, gate: Option<Arc<State>>) -> Response<Body> {
         }
         let len = CHUNK.min(size - offset);
         let chunk: Vec<u8> = (offset..offset + len).map(pattern).collect();
-        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))), (offset + len, gate)))
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))),
+            (offset + len, gate),
+        ))
     });
     Response::new(BodyExt::boxed(StreamBody::new(stream)))
 }
@@ -188,8 +200,12 @@ fn trailers() -> Response<Body> {
         Ok(Frame::data(Bytes::from_static(b"part two"))),
         Ok(Frame::trailers(trailer)),
     ];
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))));
-    response.headers_mut().insert("trailer", HeaderValue::from_static("x-checksum"));
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+        frames,
+    ))));
+    response
+        .headers_mut()
+        .insert("trailer", HeaderValue::from_static("x-checksum"));
     response
 }
 
@@ -223,14 +239,21 @@ fn websocket(mut request: Request<Incoming>) -> Response<Body> {
     // A real server sends base64(sha1(key + GUID)); echoing a value derived from the key is
     // enough to see that the app's handshake answer reaches the client unchanged.
     let accept = format!("accept-for-{}", key.to_str().unwrap_or(""));
-    headers.insert("sec-websocket-accept", HeaderValue::from_str(&accept).unwrap());
+    headers.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).unwrap(),
+    );
     response
 }
 
 /// A stream of `size` pattern bytes in 64 KiB chunks, for request bodies.
-pub fn pattern_stream(size: u64) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+pub fn pattern_stream(
+    size: u64,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     futures_util::stream::iter((0..size).step_by(64 * 1024)).map(move |offset| {
         let len = (64 * 1024).min(size - offset);
-        Ok(Frame::data(Bytes::from((offset..offset + len).map(pattern).collect::<Vec<u8>>())))
+        Ok(Frame::data(Bytes::from(
+            (offset..offset + len).map(pattern).collect::<Vec<u8>>(),
+        )))
     })
 }
