@@ -13,14 +13,23 @@ async fn installed_snapshot_applies_to_the_next_request_on_an_open_connection() 
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
     fixture.main_config("");
-    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[blue.addr], ""));
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[blue.addr], ""),
+    );
     let running = fixture.start().await;
     let mut sender = running.h1("shop.apps.test").await;
     let answer = send_h1(&mut sender, get("shop.apps.test", "/")).await;
     assert_eq!(answer.header("x-upstream"), Some("blue"));
 
-    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[green.addr], ""));
-    fixture.environment("new", &environment_toml("new", &["new.apps.test"], &[blue.addr], ""));
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[green.addr], ""),
+    );
+    fixture.environment(
+        "new",
+        &environment_toml("new", &["new.apps.test"], &[blue.addr], ""),
+    );
     let snapshot = gatehouse::snapshot::load(&fixture.path("gatehouse.toml")).unwrap();
     running.proxy.install(snapshot);
 
