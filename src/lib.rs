@@ -9,6 +9,7 @@
 //!   `route` maps the host to an environment, `proxy` forwards to an app instance and streams the
 //!   answer back, `pages` holds gatehouse's own answers.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod pages;

@@ -45,6 +45,35 @@ pub fn with_body(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     response
 }
 
+/// A page file an environment configured in place of gatehouse's own.
+#[derive(Debug, Clone)]
+pub struct CustomPage {
+    body: Bytes,
+    content_type: HeaderValue,
+}
+
+impl CustomPage {
+    pub fn new(body: Bytes, html: bool) -> Self {
+        let content_type = if html {
+            "text/html; charset=utf-8"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        Self {
+            body,
+            content_type: HeaderValue::from_static(content_type),
+        }
+    }
+
+    pub fn respond(&self, status: StatusCode) -> Response<ResponseBody> {
+        let mut response = with_body(status, self.body.clone());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, self.content_type.clone());
+        response
+    }
+}
+
 /// An empty body, for responses whose head says it all (redirects, upgrades).
 pub fn empty() -> ResponseBody {
     Either::Right(Full::new(Bytes::new()))

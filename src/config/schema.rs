@@ -2,10 +2,13 @@
 //! error instead of a silently ignored setting. Values that validation must point back at are
 //! kept `Spanned`, so errors can name their line.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::ConfigDuration;
+use crate::access::profile::Require;
 
 /// `gatehouse.toml`: process-wide settings and where the environment files are.
 #[derive(Debug, Deserialize)]
@@ -19,6 +22,30 @@ pub struct MainFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    /// Named access restriction profiles, usable by every environment.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Spanned<ProfileSection>>,
+}
+
+/// `[profiles.NAME]`: who may pass.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSection {
+    /// Address ranges let in (CIDR, or a single address).
+    #[serde(default)]
+    pub ranges: Vec<Spanned<String>>,
+    /// Address ranges always refused, checked before anything else.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// PEM bundle of the CA (root and optional intermediates) client certificates must chain to.
+    pub client_ca: Option<Spanned<String>>,
+    /// `"any"`: a matching range or a verified certificate; `"all"`: every configured condition.
+    #[serde(default = "default_require")]
+    pub require: Require,
+}
+
+fn default_require() -> Require {
+    Require::Any
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +157,14 @@ pub struct EnvironmentFile {
     pub certificates: Vec<CertificateEntry>,
     #[serde(default)]
     pub timeouts: EnvironmentTimeouts,
+    /// Path prefix → profile name. No rule: the environment is open.
+    #[serde(default)]
+    pub access: BTreeMap<String, Spanned<String>>,
+    /// Match access rules without regard to ASCII case, for apps that treat paths so.
+    #[serde(default)]
+    pub case_insensitive_paths: bool,
+    /// A file whose content replaces gatehouse's 403 page for this environment.
+    pub forbidden_page: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,9 +14,12 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::access;
+use crate::access::profile::{CertificateStatus, ClientCa};
 use crate::pages::{ResponseBody, page};
 use crate::route::MalformedHost;
 use crate::server::Shared;
+use crate::snapshot::{Environment, Snapshot};
 use crate::tls::policy::PolicyKey;
 
 /// What the request path knows about the downstream connection a request came on.
@@ -30,6 +33,12 @@ pub struct ConnectionInfo {
 }
 
 impl ConnectionInfo {
+    /// How the client's certificate stands with `ca`. (No client certificates are requested
+    /// yet, so there is never one.)
+    pub fn certificate_status(&self, _ca: &ClientCa) -> CertificateStatus {
+        CertificateStatus::Absent
+    }
+
     pub fn new(client: SocketAddr, policy: PolicyKey) -> Self {
         let ip = client.ip().to_canonical();
         let client_ip = HeaderValue::try_from(ip.to_string())
@@ -69,7 +78,49 @@ pub async fn handle(
     let Some(environment) = snapshot.environments.get(route.environment) else {
         return page(StatusCode::NOT_FOUND);
     };
+    if let Some(refusal) = check_access(&snapshot, environment, connection, &host, &request) {
+        return refusal;
+    }
     forward::forward(shared, connection, environment, host, request).await
+}
+
+/// Apply the environment's access rules. `Some` is the answer for a refused request, which
+/// then never reaches the app.
+fn check_access<B>(
+    snapshot: &Snapshot,
+    environment: &Environment,
+    connection: &ConnectionInfo,
+    host: &HeaderValue,
+    request: &Request<B>,
+) -> Option<Response<ResponseBody>> {
+    let path = request.uri().path();
+    let client = connection.client.ip();
+    let evaluation = access::evaluate(&snapshot.profiles, &environment.rules, path, client, |ca| {
+        connection.certificate_status(ca)
+    });
+    match evaluation {
+        Ok(evaluation) if evaluation.decision.is_allowed() => None,
+        Ok(evaluation) => {
+            tracing::info!(
+                target: "gatehouse::access",
+                environment = %environment.name,
+                client = %client,
+                host = %String::from_utf8_lossy(host.as_bytes()),
+                path,
+                rule = evaluation.rule.map_or("", |rule| rule.prefix),
+                reason = evaluation.decision.reason(),
+                "request denied"
+            );
+            Some(match &environment.forbidden_page {
+                Some(custom) => custom.respond(StatusCode::FORBIDDEN),
+                None => page(StatusCode::FORBIDDEN),
+            })
+        }
+        Err(err) => {
+            tracing::info!(target: "gatehouse::access", environment = %environment.name, client = %client, path, error = %err, "path refused");
+            Some(page(StatusCode::BAD_REQUEST))
+        }
+    }
 }
 
 /// The host the request is for: `:authority` (HTTP/2, absolute-form) or `Host`. A request with

@@ -11,10 +11,13 @@ use std::path::PathBuf;
 use http::uri::Authority;
 use toml::Spanned;
 
+use super::access::{Profiles, compile_profiles, compile_rules, load_forbidden_page};
 use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_warning, unix_now};
 use super::{Environment, Instance, Settings, Snapshot};
+use crate::access::rules::PathRules;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
+use crate::pages::CustomPage;
 use crate::route::{Route, RouteTable};
 use crate::tls::material::ServingCertificate;
 use crate::tls::policy::{TlsPolicy, crypto_provider};
@@ -24,13 +27,16 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let settings = compile_settings(&loaded.main, &mut errors);
     let platform_source = platform_source(&loaded.main, &mut errors);
+    let profiles = compile_profiles(&loaded.main, &mut errors);
 
     let mut claims: HashMap<String, Claim> = HashMap::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     let drafts: Vec<EnvironmentDraft> = loaded
         .environments
         .iter()
-        .filter_map(|file| compile_environment(file, &mut claims, &mut names, &mut errors))
+        .filter_map(|file| {
+            compile_environment(file, &profiles, &mut claims, &mut names, &mut errors)
+        })
         .collect();
 
     let platform = match platform_source {
@@ -47,7 +53,14 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    assemble(loaded, settings, platform, platform_label, drafts).map_err(ConfigErrors)
+    assemble(
+        loaded,
+        settings,
+        profiles,
+        (platform, platform_label),
+        drafts,
+    )
+    .map_err(ConfigErrors)
 }
 
 /// Who claimed a domain first, to name both places when a second environment claims it.
@@ -70,6 +83,8 @@ struct EnvironmentDraft {
     instances: Vec<Instance>,
     certificates: Vec<(ServingCertificate, String)>,
     response_timeout: std::time::Duration,
+    rules: PathRules,
+    forbidden_page: Option<CustomPage>,
 }
 
 struct DomainDraft {
@@ -183,6 +198,7 @@ fn platform_source(
 
 fn compile_environment(
     file: &SourceFile<EnvironmentFile>,
+    profiles: &Profiles,
     claims: &mut HashMap<String, Claim>,
     names: &mut HashMap<String, PathBuf>,
     errors: &mut Vec<ConfigError>,
@@ -207,6 +223,8 @@ fn compile_environment(
     let certificates = load_certificates(file, errors);
     let domains = compile_domains(file, &name, &certificates, claims, errors);
     check_certificates_used(file, &certificates, &domains, errors);
+    let rules = compile_rules(file, profiles, errors);
+    let forbidden_page = load_forbidden_page(file, errors);
 
     (errors.len() == before).then(|| EnvironmentDraft {
         name,
@@ -215,6 +233,8 @@ fn compile_environment(
         instances,
         certificates,
         response_timeout: value.timeouts.response.0,
+        rules,
+        forbidden_page,
     })
 }
 
@@ -455,8 +475,8 @@ fn generate_development(
 fn assemble(
     loaded: &LoadedConfig,
     settings: Settings,
-    platform: ServingCertificate,
-    platform_label: String,
+    profiles: Profiles,
+    (platform, platform_label): (ServingCertificate, String),
     drafts: Vec<EnvironmentDraft>,
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let main = &loaded.main;
@@ -516,11 +536,11 @@ fn assemble(
             upstreams: draft.instances.iter().map(|i| i.addr.to_string()).collect(),
             certificates,
         });
-        environments.push(Environment::new(
-            draft.name.into(),
-            draft.instances,
-            draft.response_timeout,
-        ));
+        let mut environment =
+            Environment::new(draft.name.into(), draft.instances, draft.response_timeout);
+        environment.rules = draft.rules;
+        environment.forbidden_page = draft.forbidden_page;
+        environments.push(environment);
     }
 
     let platform_certificate = certificate_summary(&platform, platform_label);
@@ -537,6 +557,8 @@ fn assemble(
         platform_policy,
         policies,
         settings,
+        profiles: profiles.profiles,
+        profile_names: profiles.names,
         summary: Summary {
             main_file: main.path.clone(),
             listeners,

@@ -4,6 +4,7 @@
 //! proxy holds the current one in an `ArcSwap`; a reload compiles a new one off the request path
 //! and stores it. Every request reads the snapshot that was current when it arrived.
 
+mod access;
 mod compile;
 pub mod summary;
 
@@ -14,7 +15,10 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
+use crate::access::profile::Profile;
+use crate::access::rules::PathRules;
 use crate::config::ConfigErrors;
+use crate::pages::CustomPage;
 use crate::route::{MAX_HOST_LEN, MalformedHost, Route, RouteTable, normalize_host};
 use crate::tls::policy::TlsPolicy;
 
@@ -36,6 +40,10 @@ pub struct Snapshot {
     /// Every TLS policy that a route can name; index 0 is the platform policy.
     pub policies: Vec<TlsPolicy>,
     pub settings: Settings,
+    /// Access profiles; indices 0 and 1 are the presets `allow-all` and `deny-all`.
+    pub profiles: Vec<Profile>,
+    /// Profile names, by the same index.
+    pub profile_names: Vec<String>,
     /// What `gatehouse check` prints and start-up logs; not read per request.
     pub summary: Summary,
 }
@@ -59,6 +67,10 @@ pub struct Environment {
     pub name: Box<str>,
     pub instances: Vec<Instance>,
     pub response_timeout: Duration,
+    /// Path prefix → profile; empty means the environment is open.
+    pub rules: PathRules,
+    /// The environment's own 403 page, if any.
+    pub forbidden_page: Option<CustomPage>,
     next_instance: AtomicUsize,
 }
 
@@ -76,6 +88,8 @@ impl Environment {
             name,
             instances,
             response_timeout,
+            rules: PathRules::default(),
+            forbidden_page: None,
             next_instance: AtomicUsize::new(0),
         }
     }

@@ -180,6 +180,33 @@ impl Running {
         sender
     }
 
+    /// Send raw bytes as an HTTP/1.1 request over TLS (SNI `host`) and return the status code
+    /// of the answer; for request lines that an HTTP client library would refuse or rewrite.
+    pub async fn raw_status(&self, host: &str, request: &[u8]) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = self
+            .tls(Connect {
+                server_name: host,
+                send_sni: true,
+                alpn: &[b"http/1.1"],
+            })
+            .await;
+        tls.write_all(request).await.unwrap();
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // Read up to the end of the status line; the connection may stay open.
+        while !response.windows(2).any(|w| w == b"\r\n") {
+            let read = tokio::time::timeout(WAIT, tls.read(&mut buffer))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(read > 0, "connection closed without an answer");
+            response.extend_from_slice(&buffer[..read]);
+        }
+        let status = std::str::from_utf8(&response[9..12]).unwrap();
+        status.parse().unwrap()
+    }
+
     /// GET `path` on `host` over a fresh HTTP/1.1 connection.
     pub async fn get(&self, host: &str, path: &str) -> Answer {
         let mut sender = self.h1(host).await;

@@ -39,6 +39,7 @@ pub struct Upstream {
 
 #[derive(Default)]
 struct State {
+    requests: AtomicU64,
     upload_bytes_seen: AtomicU64,
     download_gate: Notify,
 }
@@ -55,6 +56,11 @@ impl Upstream {
             state,
             task,
         }
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
     }
 
     /// Bytes of `/upload` bodies received so far.
@@ -96,6 +102,7 @@ async fn serve(listener: TcpListener, name: String, state: Arc<State>) {
 }
 
 async fn respond(name: &str, state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
     let path = request.uri().path().to_owned();
     let mut response = if path == "/upload" {
         upload(state, request).await

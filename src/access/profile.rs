@@ -1,0 +1,215 @@
+//! Access restriction profiles and the decision they make for one request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::server::danger::ClientCertVerifier;
+
+use super::ranges::RangeSet;
+
+/// What a profile asks of a request.
+#[derive(Debug, Clone)]
+pub enum Profile {
+    AllowAll,
+    DenyAll,
+    Restricted(Restriction),
+}
+
+/// Names of the two presets that every configuration has.
+pub const ALLOW_ALL: &str = "allow-all";
+pub const DENY_ALL: &str = "deny-all";
+
+#[derive(Debug, Clone)]
+pub struct Restriction {
+    /// Addresses let in (subject to `require`).
+    pub allow: RangeSet,
+    /// Addresses always refused, checked first.
+    pub deny: RangeSet,
+    pub client_ca: Option<Arc<ClientCa>>,
+    pub require: Require,
+}
+
+/// How ranges and the client certificate combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    /// A matching range or a verified certificate lets the request in.
+    Any,
+    /// Every configured condition must hold.
+    All,
+}
+
+/// A client certificate authority bundle and the verifier that checks chains against it.
+#[derive(Debug)]
+pub struct ClientCa {
+    /// Identifies the bundle by content, stable across reloads.
+    pub id: u64,
+    pub source: String,
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// What is known about the client's certificate with respect to one CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// The client sent no certificate.
+    Absent,
+    /// It chains to the CA, is within its validity and allows client authentication.
+    Verified,
+    /// It was sent but does not pass for this CA.
+    Rejected,
+}
+
+/// The outcome for one request, with the reason operators see in logs and `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow(AllowReason),
+    Deny(DenyReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowReason {
+    /// The environment has no rule for this path, or the rule is `allow-all`.
+    Open,
+    Range,
+    Certificate,
+    RangeAndCertificate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    DenyAll,
+    DenyRange,
+    NotInRange,
+    NoCertificate,
+    CertificateRejected,
+}
+
+impl AllowReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Range => "range",
+            Self::Certificate => "certificate",
+            Self::RangeAndCertificate => "range_and_certificate",
+        }
+    }
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DenyAll => "deny_all",
+            Self::DenyRange => "deny_range",
+            Self::NotInRange => "not_in_range",
+            Self::NoCertificate => "no_certificate",
+            Self::CertificateRejected => "certificate_rejected",
+        }
+    }
+}
+
+impl Decision {
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Self::Allow(_))
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Allow(reason) => reason.as_str(),
+            Self::Deny(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl Profile {
+    /// Decide for a client address; `certificate` tells how the client's certificate stands
+    /// with a given CA (asked only when the profile has one).
+    pub fn decide(
+        &self,
+        client: IpAddr,
+        certificate: impl FnOnce(&ClientCa) -> CertificateStatus,
+    ) -> Decision {
+        let restriction = match self {
+            Self::AllowAll => return Decision::Allow(AllowReason::Open),
+            Self::DenyAll => return Decision::Deny(DenyReason::DenyAll),
+            Self::Restricted(restriction) => restriction,
+        };
+        if restriction.deny.contains(client) {
+            return Decision::Deny(DenyReason::DenyRange);
+        }
+        let has_ranges = !restriction.allow.is_empty();
+        let in_range = has_ranges && restriction.allow.contains(client);
+        let certificate = restriction.client_ca.as_deref().map(certificate);
+        let verified = certificate == Some(CertificateStatus::Verified);
+        let certificate_denial = match certificate {
+            Some(CertificateStatus::Rejected) => DenyReason::CertificateRejected,
+            _ => DenyReason::NoCertificate,
+        };
+        match restriction.require {
+            Require::Any if in_range => Decision::Allow(AllowReason::Range),
+            Require::Any if verified => Decision::Allow(AllowReason::Certificate),
+            Require::Any if certificate.is_some() && !has_ranges => {
+                Decision::Deny(certificate_denial)
+            }
+            Require::Any => Decision::Deny(DenyReason::NotInRange),
+            Require::All if has_ranges && !in_range => Decision::Deny(DenyReason::NotInRange),
+            Require::All if certificate.is_some() && !verified => {
+                Decision::Deny(certificate_denial)
+            }
+            Require::All if has_ranges && verified => {
+                Decision::Allow(AllowReason::RangeAndCertificate)
+            }
+            Require::All if verified => Decision::Allow(AllowReason::Certificate),
+            Require::All => Decision::Allow(AllowReason::Range),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restricted(allow: &[&str], deny: &[&str], require: Require) -> Profile {
+        let parse = |list: &[&str]| {
+            RangeSet::new(&list.iter().map(|r| r.parse().unwrap()).collect::<Vec<_>>())
+        };
+        Profile::Restricted(Restriction {
+            allow: parse(allow),
+            deny: parse(deny),
+            client_ca: None,
+            require,
+        })
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn presets_decide_alone() {
+        assert_eq!(
+            Profile::AllowAll.decide(ip("203.0.113.1"), |_| CertificateStatus::Absent),
+            Decision::Allow(AllowReason::Open)
+        );
+        assert_eq!(
+            Profile::DenyAll.decide(ip("127.0.0.1"), |_| CertificateStatus::Verified),
+            Decision::Deny(DenyReason::DenyAll)
+        );
+    }
+
+    #[test]
+    fn deny_ranges_win_over_allow_ranges() {
+        let profile = restricted(&["192.0.2.0/24"], &["192.0.2.66/32"], Require::Any);
+        assert_eq!(
+            profile.decide(ip("192.0.2.65"), |_| CertificateStatus::Absent),
+            Decision::Allow(AllowReason::Range)
+        );
+        assert_eq!(
+            profile.decide(ip("192.0.2.66"), |_| CertificateStatus::Absent),
+            Decision::Deny(DenyReason::DenyRange)
+        );
+        assert_eq!(
+            profile.decide(ip("198.51.100.1"), |_| CertificateStatus::Absent),
+            Decision::Deny(DenyReason::NotInRange)
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! Compiling access configuration: profiles from the main file, path rules and the 403 page of
+//! each environment.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::server::WebPkiClientVerifier;
+use toml::Spanned;
+
+use crate::access::path;
+use crate::access::profile::{ALLOW_ALL, ClientCa, DENY_ALL, Profile, Restriction};
+use crate::access::ranges::RangeSet;
+use crate::access::rules::{PathRules, rule_key};
+use crate::config::schema::{EnvironmentFile, MainFile, ProfileSection};
+use crate::config::{ConfigError, SourceFile};
+use crate::pages::CustomPage;
+use crate::tls::policy::crypto_provider;
+
+/// Largest 403 page file accepted.
+const MAX_PAGE_BYTES: u64 = 64 * 1024;
+
+/// All profiles of a configuration; indices 0 and 1 are the presets.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    pub profiles: Vec<Profile>,
+    pub names: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl Profiles {
+    pub fn get(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+}
+
+pub fn compile_profiles(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Profiles {
+    let mut profiles = vec![Profile::AllowAll, Profile::DenyAll];
+    let mut names = vec![ALLOW_ALL.to_owned(), DENY_ALL.to_owned()];
+    for (name, section) in &main.value.profiles {
+        let key = format!("profiles.{name}");
+        if name == ALLOW_ALL || name == DENY_ALL {
+            errors.push(main.error_at(
+                &section.span(),
+                &key,
+                format!("{name:?} is a preset and cannot be redefined"),
+            ));
+            continue;
+        }
+        if let Some(profile) = compile_profile(main, &key, section, errors) {
+            profiles.push(profile);
+            names.push(name.clone());
+        }
+    }
+    let index = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.clone(), i))
+        .collect();
+    Profiles {
+        profiles,
+        names,
+        index,
+    }
+}
+
+fn compile_profile(
+    main: &SourceFile<MainFile>,
+    key: &str,
+    section: &Spanned<ProfileSection>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Profile> {
+    let value = section.get_ref();
+    if value.ranges.is_empty() && value.client_ca.is_none() {
+        errors.push(main.error_at(
+            &section.span(),
+            key,
+            "expected `ranges` and/or `client_ca`: a profile that lets nobody in is the preset \"deny-all\"",
+        ));
+        return None;
+    }
+    let before = errors.len();
+    let allow = parse_ranges(main, &format!("{key}.ranges"), &value.ranges, errors);
+    let deny = parse_ranges(main, &format!("{key}.deny"), &value.deny, errors);
+    let client_ca = value.client_ca.as_ref().and_then(|written| {
+        load_client_ca(main, written)
+            .map_err(|message| {
+                errors.push(main.error_at(&written.span(), &format!("{key}.client_ca"), message))
+            })
+            .ok()
+    });
+    (errors.len() == before).then(|| {
+        Profile::Restricted(Restriction {
+            allow: RangeSet::new(&allow),
+            deny: RangeSet::new(&deny),
+            client_ca,
+            require: value.require,
+        })
+    })
+}
+
+fn parse_ranges(
+    main: &SourceFile<MainFile>,
+    key: &str,
+    written: &[Spanned<String>],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<IpNet> {
+    let mut networks = Vec::with_capacity(written.len());
+    for entry in written {
+        let text = entry.get_ref();
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(network) if network.trunc() != network => errors.push(main.error_at(
+                &entry.span(),
+                key,
+                format!("{text:?} has host bits set; did you mean {:?}?", network.trunc().to_string()),
+            )),
+            Ok(network) => networks.push(network),
+            Err(_) => errors.push(main.error_at(
+                &entry.span(),
+                key,
+                format!("expected an address range such as \"192.0.2.0/24\" or \"2001:db8::/32\", or an address, found {text:?}"),
+            )),
+        }
+    }
+    networks
+}
+
+fn load_client_ca(
+    main: &SourceFile<MainFile>,
+    written: &Spanned<String>,
+) -> Result<Arc<ClientCa>, String> {
+    let path = main.resolve(written.get_ref());
+    let source = path.display().to_string();
+    let certificates = CertificateDer::pem_file_iter(&path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| format!("cannot read CA bundle {source}: {err}"))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{source} holds no PEM certificate (expected the CA's root and optional intermediates)"
+        ));
+    }
+    let mut hasher = DefaultHasher::new();
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates {
+        certificate.as_ref().hash(&mut hasher);
+        roots.add(certificate).map_err(|err| {
+            format!("{source} holds a certificate that cannot be a trust anchor: {err}")
+        })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|err| format!("cannot use {source} as a client CA: {err}"))?;
+    Ok(Arc::new(ClientCa {
+        id: hasher.finish(),
+        source,
+        verifier,
+    }))
+}
+
+/// The environment's path rules; empty when it has none (the environment is open).
+pub fn compile_rules(
+    file: &SourceFile<EnvironmentFile>,
+    profiles: &Profiles,
+    errors: &mut Vec<ConfigError>,
+) -> PathRules {
+    let value = &file.value;
+    let mut rules = PathRules::new(value.case_insensitive_paths);
+    for (prefix, profile_name) in &value.access {
+        let key = format!("access.{prefix:?}");
+        let span = profile_name.span();
+        let normal = path::normalize(prefix)
+            .ok()
+            .filter(|normal| rule_key(normal) == rule_key(prefix));
+        if normal.is_none() || prefix.contains('%') {
+            errors.push(file.error_at(
+                &span,
+                &key,
+                format!("expected a path prefix in normal form such as \"/api/\" (no escapes, dot segments or doubled slashes), found {prefix:?}"),
+            ));
+            continue;
+        }
+        let Some(profile) = profiles.get(profile_name.get_ref()) else {
+            errors.push(file.error_at(
+                &span,
+                &key,
+                format!(
+                    "unknown profile {:?}; defined profiles: {}",
+                    profile_name.get_ref(),
+                    profiles.names.join(", ")
+                ),
+            ));
+            continue;
+        };
+        if !rules.insert(prefix, profile) {
+            errors.push(file.error_at(
+                &span,
+                &key,
+                format!("another rule already covers the prefix {prefix:?}"),
+            ));
+        }
+    }
+    rules
+}
+
+/// The environment's own 403 page, if it names one.
+pub fn load_forbidden_page(
+    file: &SourceFile<EnvironmentFile>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<CustomPage> {
+    let written = file.value.forbidden_page.as_ref()?;
+    let path = file.resolve(written.get_ref());
+    let read = std::fs::metadata(&path)
+        .and_then(|meta| {
+            if meta.len() > MAX_PAGE_BYTES {
+                Err(std::io::Error::other(format!(
+                    "larger than {MAX_PAGE_BYTES} bytes"
+                )))
+            } else {
+                std::fs::read(&path)
+            }
+        })
+        .map_err(|err| format!("cannot read {}: {err}", path.display()));
+    match read {
+        Ok(bytes) => {
+            let html = path.extension().is_some_and(|ext| {
+                ext.eq_ignore_ascii_case("html") || ext.eq_ignore_ascii_case("htm")
+            });
+            Some(CustomPage::new(Bytes::from(bytes), html))
+        }
+        Err(message) => {
+            errors.push(file.error_at(&written.span(), "forbidden_page", message));
+            None
+        }
+    }
+}
