@@ -165,6 +165,12 @@ pub struct EnvironmentFile {
     pub case_insensitive_paths: bool,
     /// A file whose content replaces gatehouse's 403 page for this environment.
     pub forbidden_page: Option<Spanned<String>>,
+    /// Validated security headers: name → value, `{ value, mode }`, `{ mode = "remove" }` or `false`.
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, Spanned<toml::Value>>,
+    /// Any other response header, checked for HTTP syntax only; same forms.
+    #[serde(default)]
+    pub custom_response_headers: BTreeMap<String, Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

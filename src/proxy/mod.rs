@@ -78,10 +78,13 @@ pub async fn handle(
     let Some(environment) = snapshot.environments.get(route.environment) else {
         return page(StatusCode::NOT_FOUND);
     };
-    if let Some(refusal) = check_access(&snapshot, environment, connection, &host, &request) {
-        return refusal;
-    }
-    forward::forward(shared, connection, environment, host, request).await
+    let mut response = match check_access(&snapshot, environment, connection, &host, &request) {
+        Some(refusal) => refusal,
+        None => forward::forward(shared, connection, environment, host, request).await,
+    };
+    // The environment's header policy covers its every answer, gatehouse's own pages included.
+    environment.headers.apply(response.headers_mut());
+    response
 }
 
 /// Apply the environment's access rules. `Some` is the answer for a refused request, which

@@ -12,11 +12,13 @@ use http::uri::Authority;
 use toml::Spanned;
 
 use super::access::{Profiles, compile_profiles, compile_rules, load_forbidden_page};
+use super::headers::compile_headers;
 use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_warning, unix_now};
 use super::{Environment, Instance, Settings, Snapshot};
 use crate::access::rules::PathRules;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
+use crate::headers::HeaderPolicy;
 use crate::pages::CustomPage;
 use crate::route::{Route, RouteTable};
 use crate::tls::material::ServingCertificate;
@@ -85,6 +87,7 @@ struct EnvironmentDraft {
     response_timeout: std::time::Duration,
     rules: PathRules,
     forbidden_page: Option<CustomPage>,
+    headers: HeaderPolicy,
 }
 
 struct DomainDraft {
@@ -225,6 +228,7 @@ fn compile_environment(
     check_certificates_used(file, &certificates, &domains, errors);
     let rules = compile_rules(file, profiles, errors);
     let forbidden_page = load_forbidden_page(file, errors);
+    let headers = compile_headers(file, errors);
 
     (errors.len() == before).then(|| EnvironmentDraft {
         name,
@@ -235,6 +239,7 @@ fn compile_environment(
         response_timeout: value.timeouts.response.0,
         rules,
         forbidden_page,
+        headers,
     })
 }
 
@@ -540,6 +545,7 @@ fn assemble(
             Environment::new(draft.name.into(), draft.instances, draft.response_timeout);
         environment.rules = draft.rules;
         environment.forbidden_page = draft.forbidden_page;
+        environment.headers = draft.headers;
         environments.push(environment);
     }
 

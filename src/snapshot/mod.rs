@@ -6,6 +6,7 @@
 
 mod access;
 mod compile;
+mod headers;
 pub mod summary;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use http::uri::Authority;
 use crate::access::profile::Profile;
 use crate::access::rules::PathRules;
 use crate::config::ConfigErrors;
+use crate::headers::HeaderPolicy;
 use crate::pages::CustomPage;
 use crate::route::{MAX_HOST_LEN, MalformedHost, Route, RouteTable, normalize_host};
 use crate::tls::policy::TlsPolicy;
@@ -71,6 +73,8 @@ pub struct Environment {
     pub rules: PathRules,
     /// The environment's own 403 page, if any.
     pub forbidden_page: Option<CustomPage>,
+    /// Response headers applied to every answer for this environment.
+    pub headers: HeaderPolicy,
     next_instance: AtomicUsize,
 }
 
@@ -90,6 +94,7 @@ impl Environment {
             response_timeout,
             rules: PathRules::default(),
             forbidden_page: None,
+            headers: HeaderPolicy::default(),
             next_instance: AtomicUsize::new(0),
         }
     }
