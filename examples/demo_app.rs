@@ -50,9 +50,7 @@ async fn serve(listener: TcpListener) {
             continue;
         };
         tokio::spawn(async move {
-            let service = service_fn(move |request| async move {
-                Ok::<_, Infallible>(answer(instance, &request))
-            });
+            let service = service_fn(move |request| async move { Ok::<_, Infallible>(answer(instance, &request)) });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

@@ -14,19 +14,13 @@ pub fn page(status: StatusCode) -> Response<ResponseBody> {
     let text = match status {
         StatusCode::BAD_REQUEST => "400 Bad Request\n\nThe request could not be understood.\n",
         StatusCode::FORBIDDEN => "403 Forbidden\n\nAccess to this resource is restricted.\n",
-        StatusCode::NOT_FOUND => {
-            "404 Not Found\n\nNo application is served under this host name.\n"
-        }
+        StatusCode::NOT_FOUND => "404 Not Found\n\nNo application is served under this host name.\n",
         StatusCode::MISDIRECTED_REQUEST => {
             "421 Misdirected Request\n\nThis host name is not served on this connection; open a new connection for it.\n"
         }
         StatusCode::BAD_GATEWAY => "502 Bad Gateway\n\nThe application could not be reached.\n",
-        StatusCode::SERVICE_UNAVAILABLE => {
-            "503 Service Unavailable\n\nThe application is not available.\n"
-        }
-        StatusCode::GATEWAY_TIMEOUT => {
-            "504 Gateway Timeout\n\nThe application did not answer in time.\n"
-        }
+        StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n\nThe application is not available.\n",
+        StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n\nThe application did not answer in time.\n",
         _ => "The request could not be completed.\n",
     };
     with_body(status, Bytes::from_static(text.as_bytes()))

@@ -140,18 +140,9 @@ mod tests {
     fn exact_before_wildcard_and_longest_wildcard_wins() {
         let table = table();
         assert_eq!(table.lookup("shop.example").map(|r| r.environment), Some(0));
-        assert_eq!(
-            table.lookup("x.apps.example").map(|r| r.environment),
-            Some(1)
-        );
-        assert_eq!(
-            table.lookup("x.eu.apps.example").map(|r| r.environment),
-            Some(2)
-        );
-        assert_eq!(
-            table.lookup("a.b.eu.apps.example").map(|r| r.environment),
-            Some(2)
-        );
+        assert_eq!(table.lookup("x.apps.example").map(|r| r.environment), Some(1));
+        assert_eq!(table.lookup("x.eu.apps.example").map(|r| r.environment), Some(2));
+        assert_eq!(table.lookup("a.b.eu.apps.example").map(|r| r.environment), Some(2));
         assert_eq!(table.lookup("apps.example"), None);
         assert_eq!(table.lookup("other.example"), None);
     }
@@ -178,15 +169,9 @@ mod tests {
     #[test]
     fn hosts_are_normalised() {
         let mut buffer = [0u8; MAX_HOST_LEN];
-        assert_eq!(
-            normalize_host(b"Shop.Example:8443", &mut buffer),
-            Some("shop.example")
-        );
+        assert_eq!(normalize_host(b"Shop.Example:8443", &mut buffer), Some("shop.example"));
         let mut buffer = [0u8; MAX_HOST_LEN];
-        assert_eq!(
-            normalize_host(b"shop.example.", &mut buffer),
-            Some("shop.example")
-        );
+        assert_eq!(normalize_host(b"shop.example.", &mut buffer), Some("shop.example"));
         let mut buffer = [0u8; MAX_HOST_LEN];
         assert_eq!(normalize_host(b"[::1]:443", &mut buffer), Some("[::1]"));
         let mut buffer = [0u8; MAX_HOST_LEN];

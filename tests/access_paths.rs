@@ -41,12 +41,7 @@ async fn start(extra_env: &str) -> (Fixture, Upstream, Running) {
     fixture.main_config(PROFILES);
     fixture.environment(
         "shop",
-        &environment_toml(
-            "shop",
-            &["shop.apps.test"],
-            &[app.addr],
-            &format!("{extra_env}{RULES}"),
-        ),
+        &environment_toml("shop", &["shop.apps.test"], &[app.addr], &format!("{extra_env}{RULES}")),
     );
     let running = fixture.start().await;
     (fixture, app, running)
@@ -54,9 +49,7 @@ async fn start(extra_env: &str) -> (Fixture, Upstream, Running) {
 
 async fn status(running: &Running, path: &str) -> u16 {
     let request = format!("GET {path} HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n");
-    running
-        .raw_status("shop.apps.test", request.as_bytes())
-        .await
+    running.raw_status("shop.apps.test", request.as_bytes()).await
 }
 
 #[tokio::test]
@@ -81,11 +74,7 @@ async fn deny_all_and_deny_ranges_refuse_and_never_reach_the_app() {
     assert_eq!(app.requests(), 0);
     let answer = running.get("shop.apps.test", "/rest-doc/index.html").await;
     assert_eq!(answer.status, 403);
-    assert!(
-        answer.text().starts_with("403 Forbidden"),
-        "{}",
-        answer.text()
-    );
+    assert!(answer.text().starts_with("403 Forbidden"), "{}", answer.text());
 }
 
 #[tokio::test]
@@ -134,11 +123,7 @@ async fn no_spelling_of_rest_doc_escapes_deny_all() {
         let code = status(&running, spelling).await;
         assert!(code == 403 || code == 400, "{spelling} got {code}");
     }
-    assert_eq!(
-        app.requests(),
-        0,
-        "a spelling of /rest-doc/ reached the app"
-    );
+    assert_eq!(app.requests(), 0, "a spelling of /rest-doc/ reached the app");
 }
 
 #[tokio::test]
@@ -171,10 +156,7 @@ async fn an_environment_may_name_its_own_403_page() {
     let answer = running.get("shop.apps.test", "/").await;
     assert_eq!(answer.status, 403);
     assert_eq!(answer.text(), "<h1>Not from here</h1>\n");
-    assert_eq!(
-        answer.header("content-type"),
-        Some("text/html; charset=utf-8")
-    );
+    assert_eq!(answer.header("content-type"), Some("text/html; charset=utf-8"));
 }
 
 #[tokio::test]

@@ -35,14 +35,10 @@ fn refused(fixture: &Fixture) -> String {
 }
 
 fn env_path(fixture: &Fixture, file: &str) -> String {
-    fixture
-        .path(&format!("env/{file}.toml"))
-        .display()
-        .to_string()
+    fixture.path(&format!("env/{file}.toml")).display().to_string()
 }
 
-const SHOP: &str =
-    "name = \"shop\"\ndomains = [\"shop.apps.test\"]\nupstreams = [\"127.0.0.1:9001\"]\n";
+const SHOP: &str = "name = \"shop\"\ndomains = [\"shop.apps.test\"]\nupstreams = [\"127.0.0.1:9001\"]\n";
 
 #[test]
 fn good_config_prints_a_summary() {
@@ -63,28 +59,17 @@ fn good_config_prints_a_summary() {
         "{}",
         outcome.stdout
     );
-    assert!(
-        outcome.stdout.contains("platform certificate: "),
-        "{}",
-        outcome.stdout
-    );
-    assert!(
-        outcome.stdout.contains("expires in 364 days")
-            || outcome.stdout.contains("expires in 365 days")
-    );
+    assert!(outcome.stdout.contains("platform certificate: "), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("expires in 364 days") || outcome.stdout.contains("expires in 365 days"));
     assert!(!outcome.stdout.contains("warning"), "{}", outcome.stdout);
 }
 
 #[test]
 fn certificate_expiring_within_14_days_is_warned_about() {
     let fixture = Fixture::new();
-    fixture.ca.issue(
-        fixture.dir.path(),
-        "soon",
-        &["www.soon.example"],
-        KeyKind::Ecdsa,
-        10,
-    );
+    fixture
+        .ca
+        .issue(fixture.dir.path(), "soon", &["www.soon.example"], KeyKind::Ecdsa, 10);
     fixture.main_config("");
     fixture.environment(
         "soon",
@@ -93,16 +78,9 @@ fn certificate_expiring_within_14_days_is_warned_about() {
     );
     let outcome = check(&fixture);
     assert!(outcome.success, "{}", outcome.stderr);
-    assert!(
-        outcome.stdout.contains("warning: certificate"),
-        "{}",
-        outcome.stdout
-    );
+    assert!(outcome.stdout.contains("warning: certificate"), "{}", outcome.stdout);
     assert!(outcome.stdout.contains("soon.pem"), "{}", outcome.stdout);
-    assert!(
-        outcome.stdout.contains("expires in 9 days")
-            || outcome.stdout.contains("expires in 10 days")
-    );
+    assert!(outcome.stdout.contains("expires in 9 days") || outcome.stdout.contains("expires in 10 days"));
 }
 
 #[test]
@@ -139,10 +117,7 @@ fn key_that_does_not_match_its_certificate_is_refused() {
         )),
         "{errors}"
     );
-    assert!(
-        errors.contains("does not belong to the certificate"),
-        "{errors}"
-    );
+    assert!(errors.contains("does not belong to the certificate"), "{errors}");
 }
 
 #[test]
@@ -297,9 +272,5 @@ fn shipped_configuration_is_valid() {
         ])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }

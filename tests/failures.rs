@@ -19,22 +19,12 @@ async fn refused_upstream_gives_502_page() {
     let fixture = Fixture::new();
     let dead = refused_addr().await;
     fixture.main_config("");
-    fixture.environment(
-        "dead",
-        &environment_toml("dead", &["dead.apps.test"], &[dead], ""),
-    );
+    fixture.environment("dead", &environment_toml("dead", &["dead.apps.test"], &[dead], ""));
     let running = fixture.start().await;
     let answer = running.get("dead.apps.test", "/").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
-    assert!(
-        answer.text().starts_with("502 Bad Gateway"),
-        "{}",
-        answer.text()
-    );
-    assert_eq!(
-        answer.header("content-type"),
-        Some("text/plain; charset=utf-8")
-    );
+    assert!(answer.text().starts_with("502 Bad Gateway"), "{}", answer.text());
+    assert_eq!(answer.header("content-type"), Some("text/plain; charset=utf-8"));
 }
 
 #[tokio::test]
@@ -55,11 +45,7 @@ async fn silent_upstream_gives_504_page_and_others_are_still_served() {
     let mut sender = running.h1("slow.apps.test").await;
     let answer = send_h1(&mut sender, get("slow.apps.test", "/slow")).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(
-        answer.text().starts_with("504 Gateway Timeout"),
-        "{}",
-        answer.text()
-    );
+    assert!(answer.text().starts_with("504 Gateway Timeout"), "{}", answer.text());
     // The same connection goes on serving.
     let answer = send_h1(&mut sender, get("slow.apps.test", "/fast")).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -70,10 +56,7 @@ async fn malformed_request_gives_400_and_the_proxy_keeps_serving() {
     let fixture = Fixture::new();
     let app = Upstream::start("shop").await;
     fixture.main_config("");
-    fixture.environment(
-        "shop",
-        &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""),
-    );
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let running = fixture.start().await;
     for garbage in [
         &b"GET / HTTP/1.1\r\nHost: shop.apps.test\r\nBad Header\r\n\r\n"[..],
@@ -98,11 +81,7 @@ async fn malformed_request_gives_400_and_the_proxy_keeps_serving() {
     let mut sender = running.h1("shop.apps.test").await;
     let answer = send_h1(&mut sender, get("shop apps test", "/")).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert!(
-        answer.text().starts_with("400 Bad Request"),
-        "{}",
-        answer.text()
-    );
+    assert!(answer.text().starts_with("400 Bad Request"), "{}", answer.text());
     let answer = running.get("shop.apps.test", "/").await;
     assert_eq!(answer.status, StatusCode::OK);
 }
@@ -112,10 +91,7 @@ async fn garbage_instead_of_a_tls_handshake_closes_only_that_connection() {
     let fixture = Fixture::new();
     let app = Upstream::start("shop").await;
     fixture.main_config("");
-    fixture.environment(
-        "shop",
-        &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""),
-    );
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let running = fixture.start().await;
     let mut tcp = tokio::net::TcpStream::connect(running.https).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n")

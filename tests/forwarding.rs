@@ -23,10 +23,7 @@ async fn start(instances: usize) -> (Fixture, Vec<Upstream>, Running) {
     }
     let addrs: Vec<_> = apps.iter().map(|app| app.addr).collect();
     fixture.main_config("");
-    fixture.environment(
-        "shop",
-        &environment_toml("shop", &["shop.apps.test"], &addrs, ""),
-    );
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &addrs, ""));
     let running = fixture.start().await;
     (fixture, apps, running)
 }
@@ -47,11 +44,7 @@ async fn forwarded_headers_are_set_and_client_values_replaced() {
         .unwrap();
     let answer = send_h1(&mut sender, request).await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert!(
-        answer.text().contains("GET /who?x=1\n"),
-        "{}",
-        answer.text()
-    );
+    assert!(answer.text().contains("GET /who?x=1\n"), "{}", answer.text());
     assert_eq!(answer.upstream_saw("host"), ["shop.apps.test"]);
     assert_eq!(answer.upstream_saw("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(answer.upstream_saw("x-real-ip"), ["127.0.0.1"]);
@@ -110,16 +103,8 @@ async fn requests_are_spread_round_robin_over_instances() {
         let answer = send_h1(&mut sender, get("shop.apps.test", "/")).await;
         seen.push(answer.header("x-upstream").unwrap().to_owned());
     }
-    assert_eq!(
-        seen.iter().filter(|name| *name == "instance-0").count(),
-        2,
-        "{seen:?}"
-    );
-    assert_eq!(
-        seen.iter().filter(|name| *name == "instance-1").count(),
-        2,
-        "{seen:?}"
-    );
+    assert_eq!(seen.iter().filter(|name| *name == "instance-0").count(), 2, "{seen:?}");
+    assert_eq!(seen.iter().filter(|name| *name == "instance-1").count(), 2, "{seen:?}");
     assert_ne!(seen[0], seen[1]);
 }
 
@@ -128,8 +113,7 @@ async fn requests_are_spread_round_robin_over_instances() {
 #[tokio::test]
 async fn ten_mib_upload_streams_through() {
     let (_fixture, apps, running) = start(1).await;
-    let (frames, receiver) =
-        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let (frames, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
     let request = Request::post("/upload")
         .header("host", "shop.apps.test")
@@ -144,27 +128,18 @@ async fn ten_mib_upload_streams_through() {
     while offset < TEN_MIB {
         let bytes: Vec<u8> = (offset..offset + chunk).map(pattern).collect();
         hash = fnv1a(hash, &bytes);
-        frames
-            .send(Ok(Frame::data(Bytes::from(bytes))))
-            .await
-            .unwrap();
+        frames.send(Ok(Frame::data(Bytes::from(bytes)))).await.unwrap();
         offset += chunk;
         if offset == 1024 * 1024 {
             let started = tokio::time::Instant::now();
             while apps[0].upload_bytes_seen() == 0 {
-                assert!(
-                    started.elapsed() < common::WAIT,
-                    "the app saw nothing of the first MiB"
-                );
+                assert!(started.elapsed() < common::WAIT, "the app saw nothing of the first MiB");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
     drop(frames);
-    let answer = tokio::time::timeout(common::WAIT, response)
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = tokio::time::timeout(common::WAIT, response).await.unwrap().unwrap();
     assert_eq!(answer.text(), format!("received {TEN_MIB} {hash:x}"));
 }
 
@@ -185,10 +160,7 @@ async fn ten_mib_download_streams_through() {
     let mut received = 0u64;
     let mut hash = FNV_START;
     let mut released = false;
-    while let Some(frame) = tokio::time::timeout(common::WAIT, body.frame())
-        .await
-        .unwrap()
-    {
+    while let Some(frame) = tokio::time::timeout(common::WAIT, body.frame()).await.unwrap() {
         if let Some(data) = frame.unwrap().data_ref() {
             received += data.len() as u64;
             hash = fnv1a(hash, data);
@@ -232,19 +204,7 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
         .unwrap();
     let mut io = TokioIo::new(upgraded);
     // A masked WebSocket text frame "hello", then a second message: both come back verbatim.
-    let frame = [
-        0x81,
-        0x85,
-        1,
-        2,
-        3,
-        4,
-        b'h' ^ 1,
-        b'e' ^ 2,
-        b'l' ^ 3,
-        b'l' ^ 4,
-        b'o' ^ 1,
-    ];
+    let frame = [0x81, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1];
     for message in [&frame[..], b"second message"] {
         io.write_all(message).await.unwrap();
         let mut echoed = vec![0u8; message.len()];
@@ -278,9 +238,7 @@ async fn http2_client_reaches_http11_app_with_cookies_te_and_trailers_translated
         .unwrap();
     let answer = send_h2(&mut sender, trailers_request).await;
     assert_eq!(answer.text(), "part one, part two");
-    let trailers = answer
-        .trailers
-        .expect("the app's trailers reach the HTTP/2 client");
+    let trailers = answer.trailers.expect("the app's trailers reach the HTTP/2 client");
     assert_eq!(trailers.get("x-checksum").unwrap(), "abc123");
 
     let upload = Request::post("https://shop.apps.test/upload")

@@ -18,10 +18,7 @@ async fn redirects_to_the_same_host_and_path_on_https() {
     let fixture = Fixture::new();
     let app = Upstream::start("shop").await;
     fixture.main_config("");
-    fixture.environment(
-        "shop",
-        &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""),
-    );
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let running = fixture.start().await;
     let http = running.http.unwrap();
 
@@ -44,18 +41,9 @@ async fn redirect_names_a_non_default_https_port() {
     fixture.main_config("");
     // The listen table is written by main_config; rewrite it with redirect_port.
     let main = std::fs::read_to_string(fixture.path("gatehouse.toml")).unwrap();
-    fixture.write(
-        "gatehouse.toml",
-        &main.replace("[tls]", "redirect_port = 8443\n[tls]"),
-    );
-    fixture.environment(
-        "shop",
-        &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""),
-    );
+    fixture.write("gatehouse.toml", &main.replace("[tls]", "redirect_port = 8443\n[tls]"));
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let running = fixture.start().await;
     let answer = plain_get(running.http.unwrap(), "shop.apps.test", "/").await;
-    assert_eq!(
-        answer.header("location"),
-        Some("https://shop.apps.test:8443/")
-    );
+    assert_eq!(answer.header("location"), Some("https://shop.apps.test:8443/"));
 }

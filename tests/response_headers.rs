@@ -48,10 +48,7 @@ async fn headers_are_set_added_and_removed_on_app_answers() {
     assert_eq!(answer.header("x-team"), Some("checkout"));
     // The app's own `x-upstream` is removed; HSTS is on by default.
     assert_eq!(answer.header("x-upstream"), None);
-    assert_eq!(
-        answer.header("strict-transport-security"),
-        Some("max-age=31536000")
-    );
+    assert_eq!(answer.header("strict-transport-security"), Some("max-age=31536000"));
 }
 
 #[tokio::test]
@@ -63,15 +60,9 @@ async fn headers_apply_to_gatehouse_own_pages() {
     };
     fixture.write("sorry.txt", "no\n");
     fixture.main_config("");
-    fixture.environment(
-        "shop",
-        &environment_toml("shop", &["shop.apps.test"], &[dead], POLICY),
-    );
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[dead], POLICY));
     let running = fixture.start().await;
-    for (path, status) in [
-        ("/private/x", StatusCode::FORBIDDEN),
-        ("/", StatusCode::BAD_GATEWAY),
-    ] {
+    for (path, status) in [("/private/x", StatusCode::FORBIDDEN), ("/", StatusCode::BAD_GATEWAY)] {
         let answer = running.get("shop.apps.test", path).await;
         assert_eq!(answer.status, status);
         assert_eq!(answer.header("x-frame-options"), Some("DENY"), "{path}");
@@ -154,26 +145,15 @@ fn invalid_header_values_are_config_errors_with_line_and_allowed_forms() {
         format!(
             "{file}:5: key `response_headers.X-Frame-Options`: invalid value \"DENYY\" for X-Frame-Options: expected DENY or SAMEORIGIN"
         ),
-        format!(
-            "{file}:6: key `response_headers.Strict-Transport-Security`: invalid value \"max-age=1y\""
-        ),
-        format!(
-            "{file}:7: key `response_headers.X-Team`: X-Team is not one of the validated security headers"
-        ),
+        format!("{file}:6: key `response_headers.Strict-Transport-Security`: invalid value \"max-age=1y\""),
+        format!("{file}:7: key `response_headers.X-Team`: X-Team is not one of the validated security headers"),
         format!("{file}:8: key `response_headers.Referrer-Policy`: unknown mode \"sometimes\""),
         format!(
             "{file}:10: key `custom_response_headers.X-Content-Type-Options`: X-Content-Type-Options is a validated security header"
         ),
-        format!(
-            "{file}:11: key `custom_response_headers.Content-Length`: Content-Length frames the message"
-        ),
-        format!(
-            "{file}:12: key `custom_response_headers.Bad Name`: \"Bad Name\" is not a valid HTTP header name"
-        ),
+        format!("{file}:11: key `custom_response_headers.Content-Length`: Content-Length frames the message"),
+        format!("{file}:12: key `custom_response_headers.Bad Name`: \"Bad Name\" is not a valid HTTP header name"),
     ] {
-        assert!(
-            errors.contains(&expected),
-            "missing {expected:?} in\n{errors}"
-        );
+        assert!(errors.contains(&expected), "missing {expected:?} in\n{errors}");
     }
 }

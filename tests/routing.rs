@@ -36,10 +36,7 @@ async fn start() -> (Fixture, Apps, Running) {
         "wild",
         &environment_toml("wild", &["*.apps.test"], &[apps.wild.addr], ""),
     );
-    fixture.environment(
-        "eu",
-        &environment_toml("eu", &["*.eu.apps.test"], &[apps.eu.addr], ""),
-    );
+    fixture.environment("eu", &environment_toml("eu", &["*.eu.apps.test"], &[apps.eu.addr], ""));
     let certificates = "[[certificates]]\ncertificate = \"../www.shop.example.pem\"\nkey = \"../www.shop.example.key\"\n\
                         [[certificates]]\ncertificate = \"../partner.pem\"\nkey = \"../partner.key\"\n";
     fixture.environment(
@@ -90,11 +87,7 @@ async fn unknown_host_gets_404_page() {
     let mut sender = running.h1("shop.apps.test").await;
     let answer = send_h1(&mut sender, get("nowhere.example", "/")).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    assert!(
-        answer.text().starts_with("404 Not Found"),
-        "{}",
-        answer.text()
-    );
+    assert!(answer.text().starts_with("404 Not Found"), "{}", answer.text());
     assert_eq!(answer.header("x-upstream"), None);
 }
 

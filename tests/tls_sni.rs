@@ -25,9 +25,7 @@ async fn fixture_with_custom_domain() -> (Fixture, Upstream, common::pki::Leaf) 
 }
 
 fn presented(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
-    tls.get_ref().1.peer_certificates().unwrap()[0]
-        .as_ref()
-        .to_vec()
+    tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
 }
 
 #[tokio::test]
@@ -120,13 +118,7 @@ async fn openssl_client_sees_tls12_and_no_older_protocols() {
         let ca = ca.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new("openssl")
-                .args([
-                    "s_client",
-                    "-connect",
-                    &connect,
-                    "-servername",
-                    "www.shop.example",
-                ])
+                .args(["s_client", "-connect", &connect, "-servername", "www.shop.example"])
                 .args(version)
                 .arg("-CAfile")
                 .arg(&ca)
@@ -140,20 +132,15 @@ async fn openssl_client_sees_tls12_and_no_older_protocols() {
         .await
         .unwrap()
         .unwrap();
-    let output = String::from_utf8_lossy(&tls12.stderr).into_owned()
-        + &String::from_utf8_lossy(&tls12.stdout);
+    let output = String::from_utf8_lossy(&tls12.stderr).into_owned() + &String::from_utf8_lossy(&tls12.stdout);
     assert!(output.contains("Protocol version: TLSv1.2"), "{output}");
     assert!(output.contains("Verification: OK"), "{output}");
     assert!(output.contains("CN = www.shop.example"), "{output}");
-    let tls11 = tokio::time::timeout(
-        common::WAIT,
-        s_client(&["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let output = String::from_utf8_lossy(&tls11.stderr).into_owned()
-        + &String::from_utf8_lossy(&tls11.stdout);
+    let tls11 = tokio::time::timeout(common::WAIT, s_client(&["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]))
+        .await
+        .unwrap()
+        .unwrap();
+    let output = String::from_utf8_lossy(&tls11.stderr).into_owned() + &String::from_utf8_lossy(&tls11.stdout);
     // The client did offer TLS 1.1 (security level 0 allows it); the server refused it with an alert.
     assert!(
         output.contains("alert handshake failure") || output.contains("alert protocol version"),

@@ -64,11 +64,7 @@ fn is_plain(raw: &str) -> bool {
     let suspicious = bytes
         .iter()
         .any(|&b| matches!(b, b'%' | b';' | b'\\') || b < 0x20 || b == 0x7f);
-    !suspicious
-        && !raw.contains("//")
-        && !raw
-            .split('/')
-            .any(|segment| segment == "." || segment == "..")
+    !suspicious && !raw.contains("//") && !raw.split('/').any(|segment| segment == "." || segment == "..")
 }
 
 fn decode_segment(segment: &str) -> Result<Vec<u8>, PathError> {
@@ -111,10 +107,7 @@ mod tests {
 
     #[test]
     fn plain_paths_are_borrowed_unchanged() {
-        assert!(matches!(
-            normalize("/rest-doc/index.html"),
-            Ok(Cow::Borrowed(_))
-        ));
+        assert!(matches!(normalize("/rest-doc/index.html"), Ok(Cow::Borrowed(_))));
         assert_eq!(ok("/"), "/");
     }
 

@@ -123,11 +123,7 @@ impl Decision {
 impl Profile {
     /// Decide for a client address; `certificate` tells how the client's certificate stands
     /// with a given CA (asked only when the profile has one).
-    pub fn decide(
-        &self,
-        client: IpAddr,
-        certificate: impl FnOnce(&ClientCa) -> CertificateStatus,
-    ) -> Decision {
+    pub fn decide(&self, client: IpAddr, certificate: impl FnOnce(&ClientCa) -> CertificateStatus) -> Decision {
         let restriction = match self {
             Self::AllowAll => return Decision::Allow(AllowReason::Open),
             Self::DenyAll => return Decision::Deny(DenyReason::DenyAll),
@@ -147,17 +143,11 @@ impl Profile {
         match restriction.require {
             Require::Any if in_range => Decision::Allow(AllowReason::Range),
             Require::Any if verified => Decision::Allow(AllowReason::Certificate),
-            Require::Any if certificate.is_some() && !has_ranges => {
-                Decision::Deny(certificate_denial)
-            }
+            Require::Any if certificate.is_some() && !has_ranges => Decision::Deny(certificate_denial),
             Require::Any => Decision::Deny(DenyReason::NotInRange),
             Require::All if has_ranges && !in_range => Decision::Deny(DenyReason::NotInRange),
-            Require::All if certificate.is_some() && !verified => {
-                Decision::Deny(certificate_denial)
-            }
-            Require::All if has_ranges && verified => {
-                Decision::Allow(AllowReason::RangeAndCertificate)
-            }
+            Require::All if certificate.is_some() && !verified => Decision::Deny(certificate_denial),
+            Require::All if has_ranges && verified => Decision::Allow(AllowReason::RangeAndCertificate),
             Require::All if verified => Decision::Allow(AllowReason::Certificate),
             Require::All => Decision::Allow(AllowReason::Range),
         }
@@ -169,9 +159,7 @@ mod tests {
     use super::*;
 
     fn restricted(allow: &[&str], deny: &[&str], require: Require) -> Profile {
-        let parse = |list: &[&str]| {
-            RangeSet::new(&list.iter().map(|r| r.parse().unwrap()).collect::<Vec<_>>())
-        };
+        let parse = |list: &[&str]| RangeSet::new(&list.iter().map(|r| r.parse().unwrap()).collect::<Vec<_>>());
         Profile::Restricted(Restriction {
             allow: parse(allow),
             deny: parse(deny),

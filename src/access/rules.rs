@@ -50,6 +50,11 @@ impl PathRules {
         self.rules.is_empty()
     }
 
+    /// The profile indices the rules use.
+    pub fn profiles(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rules.values().map(|(_, profile)| *profile)
+    }
+
     /// The rule for a normalised path: `/rest-doc` and `/rest-doc/x` fall under `/rest-doc/`,
     /// `/rest-docs` does not.
     pub fn lookup(&self, normalized: &str) -> Option<MatchedRule<'_>> {
@@ -110,10 +115,7 @@ mod tests {
         assert_eq!(profile(&rules, "/rest-doc"), Some(3));
         assert_eq!(profile(&rules, "/rest-docs"), Some(0));
         assert_eq!(profile(&rules, "/REST-DOC/"), Some(0));
-        assert_eq!(
-            rules.lookup("/api/admin/x").map(|r| r.prefix),
-            Some("/api/admin")
-        );
+        assert_eq!(rules.lookup("/api/admin/x").map(|r| r.prefix), Some("/api/admin"));
     }
 
     #[test]

@@ -24,9 +24,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             ))
         })?;
         if duration.is_zero() {
-            return Err(serde::de::Error::custom(
-                "expected a duration greater than zero",
-            ));
+            return Err(serde::de::Error::custom("expected a duration greater than zero"));
         }
         Ok(Self(duration))
     }

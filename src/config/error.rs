@@ -15,12 +15,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(
-        file: &Path,
-        line: Option<usize>,
-        key: Option<&str>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(file: &Path, line: Option<usize>, key: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             file: file.to_path_buf(),
             line,

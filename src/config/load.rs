@@ -26,12 +26,7 @@ impl<T> SourceFile<T> {
     }
 
     /// An error located at `span` in this file.
-    pub fn error_at(
-        &self,
-        span: &Range<usize>,
-        key: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    pub fn error_at(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::new(&self.path, Some(self.line_of(span)), Some(key), message)
     }
 
@@ -73,23 +68,12 @@ fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, Config
     let dir = main.path.parent().unwrap_or_else(|| Path::new("."));
     let escaped_dir = glob::Pattern::escape(&dir.to_string_lossy());
     let pattern = format!("{escaped_dir}/{}", written.get_ref());
-    let located = |message: String| {
-        ConfigErrors::one(main.error_at(&written.span(), "environments", message))
-    };
-    let entries = glob::glob(&pattern).map_err(|err| {
-        located(format!(
-            "expected a file glob such as \"environments/*.toml\": {err}"
-        ))
-    })?;
+    let located = |message: String| ConfigErrors::one(main.error_at(&written.span(), "environments", message));
+    let entries = glob::glob(&pattern)
+        .map_err(|err| located(format!("expected a file glob such as \"environments/*.toml\": {err}")))?;
     let mut paths = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|err| {
-            located(format!(
-                "cannot read {}: {}",
-                err.path().display(),
-                err.error()
-            ))
-        })?;
+        let path = entry.map_err(|err| located(format!("cannot read {}: {}", err.path().display(), err.error())))?;
         if path.is_file() {
             paths.push(path);
         }
@@ -102,9 +86,8 @@ fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, Config
 }
 
 fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<SourceFile<T>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        ConfigError::new(path, None, None, format!("cannot read the file: {err}"))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::new(path, None, None, format!("cannot read the file: {err}")))?;
     match toml::from_str::<T>(&text) {
         Ok(value) => Ok(SourceFile {
             path: path.to_path_buf(),
@@ -121,11 +104,7 @@ fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<SourceFile<T>, ConfigE
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// The key assigned on a line (`key = value`), which toml's errors do not name themselves.

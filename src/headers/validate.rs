@@ -86,9 +86,7 @@ pub fn known(name: &str) -> Option<&'static KnownHeader> {
 }
 
 fn one_of(value: &str, allowed: &[&str]) -> bool {
-    allowed
-        .iter()
-        .any(|token| token.eq_ignore_ascii_case(value))
+    allowed.iter().any(|token| token.eq_ignore_ascii_case(value))
 }
 
 fn comma_list(value: &str) -> impl Iterator<Item = &str> {
@@ -145,19 +143,14 @@ fn is_origin(value: &str) -> bool {
             None => (rest, None),
         }
     };
-    let port_ok = port
-        .is_none_or(|port| port.chars().all(|c| c.is_ascii_digit()) && port.parse::<u16>().is_ok());
-    let host_ok = match host
-        .strip_prefix('[')
-        .and_then(|inner| inner.strip_suffix(']'))
-    {
+    let port_ok = port.is_none_or(|port| port.chars().all(|c| c.is_ascii_digit()) && port.parse::<u16>().is_ok());
+    let host_ok = match host.strip_prefix('[').and_then(|inner| inner.strip_suffix(']')) {
         Some(inner) => inner.parse::<std::net::Ipv6Addr>().is_ok(),
         None => {
             !host.is_empty()
-                && host.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                })
+                && host
+                    .split('.')
+                    .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         }
     };
     scheme_ok && host_ok && port_ok
@@ -267,11 +260,7 @@ const CSP_KEYWORDS: &[&str] = &[
 
 fn content_security_policy(value: &str) -> bool {
     let mut seen: Vec<String> = Vec::new();
-    let directives: Vec<&str> = value
-        .split(';')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .collect();
+    let directives: Vec<&str> = value.split(';').map(str::trim).filter(|d| !d.is_empty()).collect();
     if directives.is_empty() {
         return false;
     }
@@ -289,16 +278,10 @@ fn content_security_policy(value: &str) -> bool {
             "sandbox" => values
                 .iter()
                 .all(|token| is_token(token) && token.starts_with("allow-")),
-            "report-uri"
-            | "report-to"
-            | "require-trusted-types-for"
-            | "trusted-types"
-            | "webrtc" => {
+            "report-uri" | "report-to" | "require-trusted-types-for" | "trusted-types" | "webrtc" => {
                 !values.is_empty()
                     && values.iter().all(|token| {
-                        !token.contains(['\'', ','])
-                            || CSP_KEYWORDS.contains(token)
-                            || is_quoted_keyword(token)
+                        !token.contains(['\'', ',']) || CSP_KEYWORDS.contains(token) || is_quoted_keyword(token)
                     })
             }
             _ => !values.is_empty() && values.iter().all(|source| is_csp_source(source)),
@@ -326,14 +309,12 @@ fn is_csp_source(source: &str) -> bool {
     if source.starts_with('\'') {
         let lower = source.to_ascii_lowercase();
         return CSP_KEYWORDS.contains(&lower.as_str())
-            || ["'nonce-", "'sha256-", "'sha384-", "'sha512-"]
-                .iter()
-                .any(|prefix| {
-                    lower.starts_with(prefix)
-                        && source.len() > prefix.len() + 1
-                        && source.ends_with('\'')
-                        && is_base64(&source[prefix.len()..source.len() - 1])
-                });
+            || ["'nonce-", "'sha256-", "'sha384-", "'sha512-"].iter().any(|prefix| {
+                lower.starts_with(prefix)
+                    && source.len() > prefix.len() + 1
+                    && source.ends_with('\'')
+                    && is_base64(&source[prefix.len()..source.len() - 1])
+            });
     }
     if source == "*" {
         return true;
@@ -351,9 +332,9 @@ fn is_csp_source(source: &str) -> bool {
     let host = host_and_port.split(':').next().unwrap_or("");
     let host = host.strip_prefix("*.").unwrap_or(host);
     !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         && source
             .chars()
             .all(|c| c.is_ascii_graphic() && !matches!(c, ',' | ';' | '\'' | '"'))
@@ -391,10 +372,7 @@ fn permissions_allowlist(allowlist: &str) -> bool {
                 .and_then(|rest| rest.strip_suffix('"'))
                 .is_some_and(is_origin)
     };
-    match allowlist
-        .strip_prefix('(')
-        .and_then(|rest| rest.strip_suffix(')'))
-    {
+    match allowlist.strip_prefix('(').and_then(|rest| rest.strip_suffix(')')) {
         Some(inner) => inner.split(' ').filter(|part| !part.is_empty()).all(item),
         None => item(allowlist),
     }
@@ -431,16 +409,10 @@ mod tests {
     fn check(name: &str, accepted: &[&str], rejected: &[&str]) {
         let header = known(name).unwrap();
         for value in accepted {
-            assert!(
-                (header.validate)(value),
-                "{name}: {value:?} should be accepted"
-            );
+            assert!((header.validate)(value), "{name}: {value:?} should be accepted");
         }
         for value in rejected {
-            assert!(
-                !(header.validate)(value),
-                "{name}: {value:?} should be rejected"
-            );
+            assert!(!(header.validate)(value), "{name}: {value:?} should be rejected");
         }
     }
 
@@ -480,11 +452,7 @@ mod tests {
 
     #[test]
     fn x_content_type_options() {
-        check(
-            "X-Content-Type-Options",
-            &["nosniff"],
-            &["nosnif", "no-sniff", ""],
-        );
+        check("X-Content-Type-Options", &["nosniff"], &["nosnif", "no-sniff", ""]);
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub const SSL_PROTOCOL: HeaderName = HeaderName::from_static("ssl-protocol");
+pub const SSL_CIPHER: HeaderName = HeaderName::from_static("ssl-cipher");
+pub const SSL_CLIENT_S_DN: HeaderName = HeaderName::from_static("ssl-client-s-dn");
+pub const SSL_CLIENT_I_DN: HeaderName = HeaderName::from_static("ssl-client-i-dn");
+pub const SSL_CLIENT_SERIAL: HeaderName = HeaderName::from_static("ssl-client-serial");
+pub const SSL_CLIENT_FINGERPRINT: HeaderName = HeaderName::from_static("ssl-client-fingerprint");
+pub const SSL_CLIENT_VERIFY: HeaderName = HeaderName::from_static("ssl-client-verify");
+/// Every header with this prefix is gatehouse's to set, whatever its suffix.
+const SSL_CLIENT_PREFIX: &str = "ssl-client-";
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -43,13 +52,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers only gatehouse may tell the app; a client's own values are dropped, never trusted.
-const GATEHOUSE_SETS: [HeaderName; 6] = [
+/// (Any `SSL-Client-*` header is dropped too.)
+const GATEHOUSE_SETS: [HeaderName; 8] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
     X_REAL_IP,
     X_REQUEST_ID,
     FORWARDED,
+    SSL_PROTOCOL,
+    SSL_CIPHER,
 ];
 
 /// Send `request` to an instance of `environment` and stream the answer back.
@@ -64,9 +76,7 @@ pub async fn forward(
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let upgrade_protocol = upgrade::requested_protocol(&request);
-    let downstream_upgrade = upgrade_protocol
-        .as_ref()
-        .map(|_| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = upgrade_protocol.as_ref().map(|_| hyper::upgrade::on(&mut request));
 
     let (mut parts, body) = request.into_parts();
     let Ok(uri) = upstream_uri(instance.authority.clone(), &parts.uri) else {
@@ -130,6 +140,7 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
     for name in &GATEHOUSE_SETS {
         headers.remove(name);
     }
+    remove_ssl_client_headers(headers);
     if client_accepts_trailers {
         // gatehouse passes trailers through, so the client's willingness holds end to end.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -151,6 +162,28 @@ fn set_forwarding_headers(
     headers.insert(X_FORWARDED_HOST, host.clone());
     headers.insert(X_REQUEST_ID, request_id);
     headers.insert(header::HOST, host);
+    headers.insert(SSL_PROTOCOL, connection.tls_protocol.clone());
+    headers.insert(SSL_CIPHER, connection.tls_cipher.clone());
+    if let Some(identity) = connection.verified_identity() {
+        headers.insert(SSL_CLIENT_S_DN, identity.subject_dn.clone());
+        headers.insert(SSL_CLIENT_I_DN, identity.issuer_dn.clone());
+        headers.insert(SSL_CLIENT_SERIAL, identity.serial.clone());
+        headers.insert(SSL_CLIENT_FINGERPRINT, identity.fingerprint.clone());
+        headers.insert(SSL_CLIENT_VERIFY, HeaderValue::from_static("SUCCESS"));
+    }
+}
+
+/// Remove every `SSL-Client-*` header, whatever its suffix: the app must be able to trust any
+/// header of that family to come from gatehouse.
+fn remove_ssl_client_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(SSL_CLIENT_PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 /// Remove hop-by-hop headers, including every header that `Connection` names.
@@ -189,13 +222,8 @@ fn merge_cookies(headers: &mut HeaderMap) {
 /// Whether a comma-separated header value contains `token` (case-insensitive).
 pub fn has_token(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|text| {
-        text.split(',').any(|item| {
-            item.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(token)
-        })
+        text.split(',')
+            .any(|item| item.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token))
     })
 }
 
@@ -244,10 +272,7 @@ mod tests {
     #[test]
     fn connection_named_headers_are_removed_but_host_is_kept() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret, host"),
-        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret, host"));
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert(header::HOST, HeaderValue::from_static("a.example"));
         headers.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
@@ -273,13 +298,7 @@ mod tests {
 
     #[test]
     fn tokens_are_matched_case_insensitively() {
-        assert!(has_token(
-            &HeaderValue::from_static("gzip, Trailers"),
-            "trailers"
-        ));
-        assert!(!has_token(
-            &HeaderValue::from_static("trailersx"),
-            "trailers"
-        ));
+        assert!(has_token(&HeaderValue::from_static("gzip, Trailers"), "trailers"));
+        assert!(!has_token(&HeaderValue::from_static("trailersx"), "trailers"));
     }
 }

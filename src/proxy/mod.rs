@@ -10,6 +10,9 @@ pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -20,34 +23,94 @@ use crate::pages::{ResponseBody, page};
 use crate::route::MalformedHost;
 use crate::server::Shared;
 use crate::snapshot::{Environment, Snapshot};
+use crate::tls::client_auth::verify_against;
+use crate::tls::client_certificate::CertificateIdentity;
 use crate::tls::policy::PolicyKey;
 
-/// What the request path knows about the downstream connection a request came on.
+/// What the request path knows about the downstream connection a request came on, computed
+/// once per connection.
 #[derive(Debug)]
 pub struct ConnectionInfo {
     pub client: SocketAddr,
-    /// The client address as a header value, built once per connection.
+    /// The client address as a header value.
     pub client_ip: HeaderValue,
     /// The TLS policy the handshake was made under.
     pub policy: PolicyKey,
+    /// `SSL-Protocol` and `SSL-Cipher` for the app.
+    pub tls_protocol: HeaderValue,
+    pub tls_cipher: HeaderValue,
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// A certificate the client presented, with its verdict for each CA of the connection's policy.
+#[derive(Debug)]
+pub struct ClientCertificate {
+    chain: Vec<CertificateDer<'static>>,
+    checked: Vec<(u64, CertificateStatus)>,
+    /// The `SSL-Client-*` values for the app, when the certificate could be parsed.
+    pub identity: Option<IdentityHeaders>,
+    pub subject: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub subject_dn: HeaderValue,
+    pub issuer_dn: HeaderValue,
+    pub serial: HeaderValue,
+    pub fingerprint: HeaderValue,
+}
+
+impl ClientCertificate {
+    /// Check `chain` against every CA the connection's policy names, once, at handshake time.
+    pub fn new(chain: Vec<CertificateDer<'static>>, cas: &[Arc<ClientCa>]) -> Self {
+        let checked = cas.iter().map(|ca| (ca.id, verify_against(ca, &chain))).collect();
+        let identity = chain.first().and_then(CertificateIdentity::of);
+        let subject = identity
+            .as_ref()
+            .map_or_else(String::new, |identity| identity.subject_dn.clone());
+        let identity = identity.and_then(|identity| {
+            Some(IdentityHeaders {
+                subject_dn: HeaderValue::try_from(identity.subject_dn).ok()?,
+                issuer_dn: HeaderValue::try_from(identity.issuer_dn).ok()?,
+                serial: HeaderValue::try_from(identity.serial).ok()?,
+                fingerprint: HeaderValue::try_from(identity.sha1_fingerprint).ok()?,
+            })
+        });
+        Self {
+            chain,
+            checked,
+            identity,
+            subject,
+        }
+    }
+
+    /// Whether the certificate passed for at least one CA of the connection's policy.
+    pub fn verified(&self) -> bool {
+        self.checked
+            .iter()
+            .any(|(_, status)| *status == CertificateStatus::Verified)
+    }
 }
 
 impl ConnectionInfo {
-    /// How the client's certificate stands with `ca`. (No client certificates are requested
-    /// yet, so there is never one.)
-    pub fn certificate_status(&self, _ca: &ClientCa) -> CertificateStatus {
-        CertificateStatus::Absent
+    /// How the client's certificate stands with `ca`: from the handshake-time check, or checked
+    /// now when a reload brought a CA the connection did not know.
+    pub fn certificate_status(&self, ca: &ClientCa) -> CertificateStatus {
+        let Some(certificate) = &self.client_certificate else {
+            return CertificateStatus::Absent;
+        };
+        match certificate.checked.iter().find(|(id, _)| *id == ca.id) {
+            Some((_, status)) => *status,
+            None => verify_against(ca, &certificate.chain),
+        }
     }
 
-    pub fn new(client: SocketAddr, policy: PolicyKey) -> Self {
-        let ip = client.ip().to_canonical();
-        let client_ip = HeaderValue::try_from(ip.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self {
-            client,
-            client_ip,
-            policy,
-        }
+    /// The verified client certificate's identity, if there is one.
+    pub fn verified_identity(&self) -> Option<&IdentityHeaders> {
+        self.client_certificate
+            .as_ref()
+            .filter(|certificate| certificate.verified())
+            .and_then(|certificate| certificate.identity.as_ref())
     }
 }
 
@@ -140,15 +203,9 @@ pub fn request_host<B>(request: &Request<B>) -> Result<HeaderValue, MalformedHos
             let agree = host
                 .to_str()
                 .is_ok_and(|host| authority.as_str().eq_ignore_ascii_case(host));
-            if agree {
-                Ok(host.clone())
-            } else {
-                Err(MalformedHost)
-            }
+            if agree { Ok(host.clone()) } else { Err(MalformedHost) }
         }
-        (Some(authority), None) => {
-            HeaderValue::from_str(authority.as_str()).map_err(|_| MalformedHost)
-        }
+        (Some(authority), None) => HeaderValue::from_str(authority.as_str()).map_err(|_| MalformedHost),
         (None, Some(host)) => Ok(host.clone()),
         (None, None) => Err(MalformedHost),
     }

@@ -21,8 +21,7 @@ pub fn requested_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
         .get_all(header::CONNECTION)
         .iter()
         .any(|value| has_token(value, "upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
 /// Put back the two headers an upgrade needs after hop-by-hop removal took them out.
@@ -32,10 +31,7 @@ pub fn keep_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Answer the client with the app's 101 and join the two upgraded connections.
-pub fn tunnel(
-    downstream: OnUpgrade,
-    mut upstream_response: Response<Incoming>,
-) -> Response<ResponseBody> {
+pub fn tunnel(downstream: OnUpgrade, mut upstream_response: Response<Incoming>) -> Response<ResponseBody> {
     let upstream = hyper::upgrade::on(&mut upstream_response);
     let protocol = upstream_response.headers().get(header::UPGRADE).cloned();
     let Some(protocol) = protocol else {

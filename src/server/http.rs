@@ -12,12 +12,7 @@ use tokio_rustls::server::TlsStream;
 use super::Shared;
 use crate::proxy::{self, ConnectionInfo};
 
-pub async fn serve(
-    shared: Arc<Shared>,
-    connection: Arc<ConnectionInfo>,
-    tls: TlsStream<TcpStream>,
-    alpn_h2: bool,
-) {
+pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
     let header_timeout = shared.snapshot.load().settings.request_header_timeout;
     let service = {
         let shared = shared.clone();
@@ -38,10 +33,7 @@ pub async fn serve(
     } else {
         builder.http1_only()
     };
-    if let Err(err) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-    {
+    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }

@@ -56,11 +56,7 @@ impl Proxy {
         let http_addrs = listener::local_addrs(&http);
         let mut accept_tasks = Vec::new();
         for socket in https {
-            accept_tasks.push(tokio::spawn(listener::accept_loop(
-                socket,
-                shared.clone(),
-                tls::serve,
-            )));
+            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), tls::serve)));
         }
         for socket in http {
             accept_tasks.push(tokio::spawn(listener::accept_loop(

@@ -45,10 +45,7 @@ fn redirect(shared: &Shared, request: &Request<Incoming>) -> Response<ResponseBo
     if snapshot.routes.lookup(host).is_none() {
         return page(StatusCode::NOT_FOUND);
     }
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |path| path.as_str());
+    let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
     let port = snapshot.settings.redirect_port;
     let location = if port == 443 {
         format!("https://{host}{path}")
@@ -60,12 +57,8 @@ fn redirect(shared: &Shared, request: &Request<Incoming>) -> Response<ResponseBo
     };
     let mut response = with_body(
         StatusCode::PERMANENT_REDIRECT,
-        Bytes::from(format!(
-            "308 Permanent Redirect\n\nThis site is served at {location}\n"
-        )),
+        Bytes::from(format!("308 Permanent Redirect\n\nThis site is served at {location}\n")),
     );
-    response
-        .headers_mut()
-        .insert(header::LOCATION, location_value);
+    response.headers_mut().insert(header::LOCATION, location_value);
     response
 }

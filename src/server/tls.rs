@@ -9,14 +9,18 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::Shared;
-use crate::proxy::ConnectionInfo;
+use http::HeaderValue;
+use rustls::{ProtocolVersion, SupportedCipherSuite};
+
+use crate::access::profile::ClientCa;
+use crate::proxy::{ClientCertificate, ConnectionInfo};
 use crate::tls::policy::PolicyKey;
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     let deadline = shared.snapshot.load().settings.tls_handshake_timeout;
     // One deadline covers both awaits: a client that trickles its ClientHello gets no more time.
     let handshake = tokio::time::timeout(deadline, handshake(&shared, stream)).await;
-    let (tls, policy) = match handshake {
+    let (tls, policy, client_cas) = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(err)) => {
             tracing::debug!(%client, error = %err, "TLS handshake failed");
@@ -27,21 +31,53 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
             return;
         }
     };
-    let alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let connection = Arc::new(ConnectionInfo::new(client, policy));
+    let session = tls.get_ref().1;
+    let alpn_h2 = session.alpn_protocol() == Some(b"h2");
+    let client_certificate = session
+        .peer_certificates()
+        .filter(|chain| !chain.is_empty())
+        .map(|chain| ClientCertificate::new(chain.to_vec(), &client_cas));
+    let connection = Arc::new(ConnectionInfo {
+        client,
+        client_ip: ip_header(client),
+        policy,
+        tls_protocol: protocol_header(session.protocol_version()),
+        tls_cipher: cipher_header(session.negotiated_cipher_suite()),
+        client_certificate,
+    });
     super::http::serve(shared, connection, tls, alpn_h2).await;
 }
 
-async fn handshake(
-    shared: &Shared,
-    stream: TcpStream,
-) -> std::io::Result<(TlsStream<TcpStream>, PolicyKey)> {
+type Handshake = (TlsStream<TcpStream>, PolicyKey, Arc<[Arc<ClientCa>]>);
+
+async fn handshake(shared: &Shared, stream: TcpStream) -> std::io::Result<Handshake> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let (key, config) = {
+    let policy = {
         let snapshot = shared.snapshot.load();
-        let policy = snapshot.policy_for_sni(start.client_hello().server_name());
-        (policy.key, policy.server_config.clone())
+        snapshot.policy_for_sni(start.client_hello().server_name()).clone()
     };
-    let tls = start.into_stream(config).await?;
-    Ok((tls, key))
+    let tls = start.into_stream(policy.server_config).await?;
+    Ok((tls, policy.key, policy.client_cas))
+}
+
+fn ip_header(client: SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(client.ip().to_canonical().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// The protocol as nginx's `$ssl_protocol` names it.
+fn protocol_header(version: Option<ProtocolVersion>) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "unknown",
+    })
+}
+
+/// The cipher suite by its IANA name (`TLS_AES_128_GCM_SHA256`).
+fn cipher_header(suite: Option<SupportedCipherSuite>) -> HeaderValue {
+    let name = suite.and_then(|suite| suite.suite().as_str()).unwrap_or("unknown");
+    let iana = name
+        .strip_prefix("TLS13_")
+        .map_or_else(|| name.to_owned(), |rest| format!("TLS_{rest}"));
+    HeaderValue::try_from(iana).unwrap_or(HeaderValue::from_static("unknown"))
 }

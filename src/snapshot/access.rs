@@ -57,16 +57,8 @@ pub fn compile_profiles(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigErro
             names.push(name.clone());
         }
     }
-    let index = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| (name.clone(), i))
-        .collect();
-    Profiles {
-        profiles,
-        names,
-        index,
-    }
+    let index = names.iter().enumerate().map(|(i, name)| (name.clone(), i)).collect();
+    Profiles { profiles, names, index }
 }
 
 fn compile_profile(
@@ -89,9 +81,7 @@ fn compile_profile(
     let deny = parse_ranges(main, &format!("{key}.deny"), &value.deny, errors);
     let client_ca = value.client_ca.as_ref().and_then(|written| {
         load_client_ca(main, written)
-            .map_err(|message| {
-                errors.push(main.error_at(&written.span(), &format!("{key}.client_ca"), message))
-            })
+            .map_err(|message| errors.push(main.error_at(&written.span(), &format!("{key}.client_ca"), message)))
             .ok()
     });
     (errors.len() == before).then(|| {
@@ -133,10 +123,7 @@ fn parse_ranges(
     networks
 }
 
-fn load_client_ca(
-    main: &SourceFile<MainFile>,
-    written: &Spanned<String>,
-) -> Result<Arc<ClientCa>, String> {
+fn load_client_ca(main: &SourceFile<MainFile>, written: &Spanned<String>) -> Result<Arc<ClientCa>, String> {
     let path = main.resolve(written.get_ref());
     let source = path.display().to_string();
     let certificates = CertificateDer::pem_file_iter(&path)
@@ -151,9 +138,9 @@ fn load_client_ca(
     let mut roots = RootCertStore::empty();
     for certificate in certificates {
         certificate.as_ref().hash(&mut hasher);
-        roots.add(certificate).map_err(|err| {
-            format!("{source} holds a certificate that cannot be a trust anchor: {err}")
-        })?;
+        roots
+            .add(certificate)
+            .map_err(|err| format!("{source} holds a certificate that cannot be a trust anchor: {err}"))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
         .allow_unauthenticated()
@@ -212,18 +199,13 @@ pub fn compile_rules(
 }
 
 /// The environment's own 403 page, if it names one.
-pub fn load_forbidden_page(
-    file: &SourceFile<EnvironmentFile>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<CustomPage> {
+pub fn load_forbidden_page(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> Option<CustomPage> {
     let written = file.value.forbidden_page.as_ref()?;
     let path = file.resolve(written.get_ref());
     let read = std::fs::metadata(&path)
         .and_then(|meta| {
             if meta.len() > MAX_PAGE_BYTES {
-                Err(std::io::Error::other(format!(
-                    "larger than {MAX_PAGE_BYTES} bytes"
-                )))
+                Err(std::io::Error::other(format!("larger than {MAX_PAGE_BYTES} bytes")))
             } else {
                 std::fs::read(&path)
             }
@@ -231,9 +213,9 @@ pub fn load_forbidden_page(
         .map_err(|err| format!("cannot read {}: {err}", path.display()));
     match read {
         Ok(bytes) => {
-            let html = path.extension().is_some_and(|ext| {
-                ext.eq_ignore_ascii_case("html") || ext.eq_ignore_ascii_case("htm")
-            });
+            let html = path
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("html") || ext.eq_ignore_ascii_case("htm"));
             Some(CustomPage::new(Bytes::from(bytes), html))
         }
         Err(message) => {

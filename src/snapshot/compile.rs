@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use http::uri::Authority;
 use toml::Spanned;
@@ -15,6 +16,7 @@ use super::access::{Profiles, compile_profiles, compile_rules, load_forbidden_pa
 use super::headers::compile_headers;
 use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_warning, unix_now};
 use super::{Environment, Instance, Settings, Snapshot};
+use crate::access::profile::{ClientCa, Profile};
 use crate::access::rules::PathRules;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
@@ -36,15 +38,11 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     let drafts: Vec<EnvironmentDraft> = loaded
         .environments
         .iter()
-        .filter_map(|file| {
-            compile_environment(file, &profiles, &mut claims, &mut names, &mut errors)
-        })
+        .filter_map(|file| compile_environment(file, &profiles, &mut claims, &mut names, &mut errors))
         .collect();
 
     let platform = match platform_source {
-        Some(PlatformSource::Files(certificate)) => {
-            Some((certificate, "platform certificate".to_owned()))
-        }
+        Some(PlatformSource::Files(certificate)) => Some((certificate, "platform certificate".to_owned())),
         Some(PlatformSource::Development) => generate_development(&drafts, &mut errors),
         None => None,
     };
@@ -55,14 +53,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    assemble(
-        loaded,
-        settings,
-        profiles,
-        (platform, platform_label),
-        drafts,
-    )
-    .map_err(ConfigErrors)
+    assemble(loaded, settings, profiles, (platform, platform_label), drafts).map_err(ConfigErrors)
 }
 
 /// Who claimed a domain first, to name both places when a second environment claims it.
@@ -148,15 +139,9 @@ fn parse_socket_addr(written: &str) -> Result<SocketAddr, String> {
     })
 }
 
-fn platform_source(
-    main: &SourceFile<MainFile>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<PlatformSource> {
+fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Option<PlatformSource> {
     let tls = &main.value.tls;
-    let development = tls
-        .development_certificate
-        .as_ref()
-        .filter(|flag| *flag.get_ref());
+    let development = tls.development_certificate.as_ref().filter(|flag| *flag.get_ref());
     match (&tls.certificate, &tls.key, development) {
         (Some(_), _, Some(flag)) | (_, Some(_), Some(flag)) => {
             errors.push(main.error_at(
@@ -173,11 +158,7 @@ fn platform_source(
             match ServingCertificate::from_files(&certificate_path, &key_path, &crypto_provider()) {
                 Ok(serving) => Some(PlatformSource::Files(serving)),
                 Err(err) => {
-                    errors.push(main.error_at(
-                        &certificate.span(),
-                        "tls.certificate",
-                        err.to_string(),
-                    ));
+                    errors.push(main.error_at(&certificate.span(), "tls.certificate", err.to_string()));
                     None
                 }
             }
@@ -215,10 +196,7 @@ fn compile_environment(
         errors.push(file.error_at(
             &value.name.span(),
             "name",
-            format!(
-                "environment {name:?} is already defined in {}",
-                other.display()
-            ),
+            format!("environment {name:?} is already defined in {}", other.display()),
         ));
     }
 
@@ -259,10 +237,7 @@ fn validate_environment_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn compile_upstreams(
-    file: &SourceFile<EnvironmentFile>,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<Instance> {
+fn compile_upstreams(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> Vec<Instance> {
     let written = &file.value.upstreams;
     if written.get_ref().is_empty() {
         errors.push(file.error_at(
@@ -296,11 +271,9 @@ fn load_certificates(
         let key_path = file.resolve(entry.key.get_ref());
         match ServingCertificate::from_files(&certificate_path, &key_path, &provider) {
             Ok(serving) => loaded.push((serving, certificate_path.display().to_string())),
-            Err(err) => errors.push(file.error_at(
-                &entry.certificate.span(),
-                "certificates.certificate",
-                err.to_string(),
-            )),
+            Err(err) => {
+                errors.push(file.error_at(&entry.certificate.span(), "certificates.certificate", err.to_string()))
+            }
         }
     }
     loaded
@@ -373,10 +346,7 @@ fn check_certificates_used(
     errors: &mut Vec<ConfigError>,
 ) {
     for (index, (serving, source)) in certificates.iter().enumerate() {
-        if domains
-            .iter()
-            .any(|domain| domain.certificate == Some(index))
-        {
+        if domains.iter().any(|domain| domain.certificate == Some(index)) {
             continue;
         }
         let entry = &file.value.certificates[index];
@@ -422,11 +392,7 @@ fn check_platform_coverage(
     errors: &mut Vec<ConfigError>,
 ) {
     for draft in drafts {
-        for domain in draft
-            .domains
-            .iter()
-            .filter(|domain| domain.certificate.is_none())
-        {
+        for domain in draft.domains.iter().filter(|domain| domain.certificate.is_none()) {
             if !platform.facts.covers(&domain.name) {
                 errors.push(ConfigError::new(
                     &draft.file,
@@ -485,17 +451,10 @@ fn assemble(
     drafts: Vec<EnvironmentDraft>,
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let main = &loaded.main;
-    let tls_error = |err: rustls::Error| {
-        vec![ConfigError::new(
-            &main.path,
-            None,
-            Some("tls"),
-            err.to_string(),
-        )]
-    };
-    let platform_policy = TlsPolicy::new(&platform).map_err(tls_error)?;
+    let tls_error = |err: rustls::Error| vec![ConfigError::new(&main.path, None, Some("tls"), err.to_string())];
+    let platform_policy = TlsPolicy::new(&platform, Vec::new()).map_err(tls_error)?;
     let mut policies = vec![platform_policy.clone()];
-    let mut policy_by_fingerprint = HashMap::from([(platform.fingerprint, 0usize)]);
+    let mut policy_index = HashMap::from([(platform_policy.key, 0usize)]);
     let mut routes = RouteTable::default();
     let mut environments = Vec::with_capacity(drafts.len());
     let mut summaries = Vec::with_capacity(drafts.len());
@@ -503,23 +462,26 @@ fn assemble(
     let mut warnings = Vec::new();
 
     for (index, draft) in drafts.into_iter().enumerate() {
+        let client_cas = client_cas_of(&draft.rules, &profiles);
+        let mut policy_of = |certificate: &ServingCertificate| -> Result<usize, Vec<ConfigError>> {
+            let key = TlsPolicy::key_for(certificate, &client_cas);
+            if let Some(&existing) = policy_index.get(&key) {
+                return Ok(existing);
+            }
+            policies.push(TlsPolicy::new(certificate, client_cas.clone()).map_err(tls_error)?);
+            policy_index.insert(key, policies.len() - 1);
+            Ok(policies.len() - 1)
+        };
+        let platform_for_environment = policy_of(&platform)?;
         let mut certificate_policy = Vec::with_capacity(draft.certificates.len());
         for (serving, _) in &draft.certificates {
-            let policy = match policy_by_fingerprint.get(&serving.fingerprint) {
-                Some(&existing) => existing,
-                None => {
-                    policies.push(TlsPolicy::new(serving).map_err(tls_error)?);
-                    policy_by_fingerprint.insert(serving.fingerprint, policies.len() - 1);
-                    policies.len() - 1
-                }
-            };
-            certificate_policy.push(policy);
+            certificate_policy.push(policy_of(serving)?);
         }
         for domain in &draft.domains {
             let policy = domain
                 .certificate
                 .and_then(|c| certificate_policy.get(c).copied())
-                .unwrap_or(0);
+                .unwrap_or(platform_for_environment);
             routes.insert(
                 &domain.name,
                 Route {
@@ -541,8 +503,7 @@ fn assemble(
             upstreams: draft.instances.iter().map(|i| i.addr.to_string()).collect(),
             certificates,
         });
-        let mut environment =
-            Environment::new(draft.name.into(), draft.instances, draft.response_timeout);
+        let mut environment = Environment::new(draft.name.into(), draft.instances, draft.response_timeout);
         environment.rules = draft.rules;
         environment.forbidden_page = draft.forbidden_page;
         environment.headers = draft.headers;
@@ -575,6 +536,21 @@ fn assemble(
     })
 }
 
+/// The client CAs of every profile an environment's rules use, each once.
+fn client_cas_of(rules: &PathRules, profiles: &Profiles) -> Vec<Arc<ClientCa>> {
+    let mut cas: Vec<Arc<ClientCa>> = Vec::new();
+    for profile in rules.profiles() {
+        if let Some(Profile::Restricted(restriction)) = profiles.profiles.get(profile)
+            && let Some(ca) = &restriction.client_ca
+            && !cas.iter().any(|known| known.id == ca.id)
+        {
+            cas.push(ca.clone());
+        }
+    }
+    cas.sort_by_key(|ca| ca.id);
+    cas
+}
+
 fn certificate_summary(serving: &ServingCertificate, source: String) -> CertificateSummary {
     CertificateSummary {
         source,
@@ -590,10 +566,7 @@ mod tests {
 
     #[test]
     fn domains_are_host_names_or_wildcards() {
-        assert_eq!(
-            validate_domain("Shop.Example.COM").as_deref(),
-            Ok("shop.example.com")
-        );
+        assert_eq!(validate_domain("Shop.Example.COM").as_deref(), Ok("shop.example.com"));
         assert!(validate_domain("*.apps.example").is_ok());
         for bad in [
             "",

@@ -19,18 +19,12 @@ enum Entry {
     Action(HeaderAction),
 }
 
-pub fn compile_headers(
-    file: &SourceFile<EnvironmentFile>,
-    errors: &mut Vec<ConfigError>,
-) -> HeaderPolicy {
+pub fn compile_headers(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> HeaderPolicy {
     let value = &file.value;
     let mut actions: Vec<(HeaderName, HeaderAction)> = Vec::new();
     let mut hsts_configured = false;
     let mut seen: HashSet<HeaderName> = HashSet::new();
-    for (table, custom) in [
-        (&value.response_headers, false),
-        (&value.custom_response_headers, true),
-    ] {
+    for (table, custom) in [(&value.response_headers, false), (&value.custom_response_headers, true)] {
         let table_name = if custom {
             "custom_response_headers"
         } else {
@@ -68,8 +62,8 @@ pub fn compile_headers(
 }
 
 fn check_name(name: &str, custom: bool) -> Result<HeaderName, String> {
-    let header_name = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("{name:?} is not a valid HTTP header name"))?;
+    let header_name =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{name:?} is not a valid HTTP header name"))?;
     if PROTECTED.contains(&header_name.as_str()) {
         return Err(format!(
             "{name} frames the message or connection and cannot be configured"
@@ -146,7 +140,6 @@ fn checked_value(name: &str, text: &str, custom: bool) -> Result<HeaderValue, St
             "invalid value {text:?}: no leading or trailing spaces, not empty"
         ));
     }
-    HeaderValue::from_str(text).map_err(|_| {
-        format!("invalid value {text:?}: only visible ASCII characters and spaces are allowed")
-    })
+    HeaderValue::from_str(text)
+        .map_err(|_| format!("invalid value {text:?}: only visible ASCII characters and spaces are allowed"))
 }

@@ -11,10 +11,7 @@ use super::material::{MaterialError, ServingCertificate};
 
 /// Generate an ECDSA P-256 certificate for `names` (exact and `*.` names alike), valid from a
 /// day ago (clock skew) for 90 days.
-pub fn generate(
-    names: Vec<String>,
-    provider: &CryptoProvider,
-) -> Result<ServingCertificate, MaterialError> {
+pub fn generate(names: Vec<String>, provider: &CryptoProvider) -> Result<ServingCertificate, MaterialError> {
     let failed = |err: rcgen::Error| MaterialError::Parse {
         path: "development certificate".to_owned(),
         reason: err.to_string(),
@@ -30,10 +27,5 @@ pub fn generate(
     let certificate = params.self_signed(&key_pair).map_err(failed)?;
     let chain = vec![CertificateDer::from(certificate.der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der()));
-    ServingCertificate::from_der(
-        chain,
-        key,
-        provider,
-        ("development certificate", "development key"),
-    )
+    ServingCertificate::from_der(chain, key, provider, ("development certificate", "development key"))
 }

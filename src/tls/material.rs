@@ -18,9 +18,7 @@ pub enum MaterialError {
     ReadCertificate { path: String, reason: String },
     #[error("{path} holds no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")")]
     NoCertificate { path: String },
-    #[error(
-        "cannot read private key file {path}: {reason} (expected a PEM PKCS#8, PKCS#1 or SEC1 key)"
-    )]
+    #[error("cannot read private key file {path}: {reason} (expected a PEM PKCS#8, PKCS#1 or SEC1 key)")]
     ReadKey { path: String, reason: String },
     #[error("the key in {key} does not belong to the certificate in {certificate}: {reason}")]
     KeyMismatch {
@@ -78,12 +76,10 @@ impl ServingCertificate {
         let mut hasher = DefaultHasher::new();
         leaf.as_ref().hash(&mut hasher);
         let fingerprint = hasher.finish();
-        let certified = CertifiedKey::from_der(chain, key, provider).map_err(|err| {
-            MaterialError::KeyMismatch {
-                certificate: certificate_name.to_owned(),
-                key: key_name.to_owned(),
-                reason: err.to_string(),
-            }
+        let certified = CertifiedKey::from_der(chain, key, provider).map_err(|err| MaterialError::KeyMismatch {
+            certificate: certificate_name.to_owned(),
+            key: key_name.to_owned(),
+            reason: err.to_string(),
         })?;
         Ok(Self {
             certified: Arc::new(certified),
@@ -93,11 +89,7 @@ impl ServingCertificate {
     }
 
     /// Read a PEM chain and a PEM key from files.
-    pub fn from_files(
-        certificate: &Path,
-        key: &Path,
-        provider: &CryptoProvider,
-    ) -> Result<Self, MaterialError> {
+    pub fn from_files(certificate: &Path, key: &Path, provider: &CryptoProvider) -> Result<Self, MaterialError> {
         let certificate_name = certificate.display().to_string();
         let key_name = key.display().to_string();
         let chain = read_chain(certificate, &certificate_name)?;
@@ -110,21 +102,18 @@ impl ServingCertificate {
 }
 
 fn read_chain(path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
-    let iter =
-        CertificateDer::pem_file_iter(path).map_err(|err| MaterialError::ReadCertificate {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|err| MaterialError::ReadCertificate {
+        path: name.to_owned(),
+        reason: err.to_string(),
+    })?;
+    let chain = iter
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| MaterialError::ReadCertificate {
             path: name.to_owned(),
             reason: err.to_string(),
         })?;
-    let chain =
-        iter.collect::<Result<Vec<_>, _>>()
-            .map_err(|err| MaterialError::ReadCertificate {
-                path: name.to_owned(),
-                reason: err.to_string(),
-            })?;
     if chain.is_empty() {
-        return Err(MaterialError::NoCertificate {
-            path: name.to_owned(),
-        });
+        return Err(MaterialError::NoCertificate { path: name.to_owned() });
     }
     Ok(chain)
 }
@@ -132,10 +121,7 @@ fn read_chain(path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, M
 fn facts_of(leaf: &CertificateDer<'_>) -> Result<CertificateFacts, String> {
     let (_, parsed) = X509Certificate::from_der(leaf.as_ref()).map_err(|err| err.to_string())?;
     let mut dns_names = Vec::new();
-    if let Some(san) = parsed
-        .subject_alternative_name()
-        .map_err(|err| err.to_string())?
-    {
+    if let Some(san) = parsed.subject_alternative_name().map_err(|err| err.to_string())? {
         for name in &san.value.general_names {
             if let GeneralName::DNSName(dns) = name {
                 dns_names.push(dns.to_ascii_lowercase());

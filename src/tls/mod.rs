@@ -5,6 +5,8 @@
 //! handshake uses. `development` makes the self-signed certificate that the shipped demo config
 //! asks for.
 
+pub mod client_auth;
+pub mod client_certificate;
 pub mod development;
 pub mod material;
 pub mod policy;

@@ -2,13 +2,16 @@
 //! (as access profiles land) whether and how a client certificate is asked for. Each policy is one
 //! `rustls::ServerConfig`, chosen by SNI before the handshake proceeds.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::SingleCertAndKey;
 
+use super::client_auth::DeferredClientAuth;
 use super::material::ServingCertificate;
+use crate::access::profile::ClientCa;
 
 /// The one crypto provider gatehouse uses: aws-lc-rs, for its fast AES-GCM and RSA and for the
 /// X25519MLKEM768 hybrid key exchange that current browsers offer.
@@ -22,8 +25,9 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// ALPN protocols offered to clients, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Identifies a TLS policy by content, so that the same certificate gives the same key in every
-/// snapshot and a connection opened before a reload is judged correctly after it.
+/// Identifies a TLS policy by content (certificate and client CAs), so that the same terms give
+/// the same key in every snapshot and a connection opened before a reload is judged correctly
+/// after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyKey(pub u64);
 
@@ -32,20 +36,39 @@ pub struct PolicyKey(pub u64);
 pub struct TlsPolicy {
     pub key: PolicyKey,
     pub server_config: Arc<ServerConfig>,
+    /// The CAs client certificates are checked against on this policy's connections; empty when
+    /// no certificate is asked for.
+    pub client_cas: Arc<[Arc<ClientCa>]>,
 }
 
 impl TlsPolicy {
-    pub fn new(certificate: &ServingCertificate) -> Result<Self, rustls::Error> {
-        let mut config = ServerConfig::builder_with_provider(crypto_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(
-                certificate.certified.clone(),
-            )));
+    pub fn new(certificate: &ServingCertificate, client_cas: Vec<Arc<ClientCa>>) -> Result<Self, rustls::Error> {
+        let provider = crypto_provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let builder = if client_cas.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let verifier = DeferredClientAuth::new(&client_cas, provider.signature_verification_algorithms);
+            builder.with_client_cert_verifier(Arc::new(verifier))
+        };
+        let resolver = SingleCertAndKey::from(certificate.certified.clone());
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
         Ok(Self {
-            key: PolicyKey(certificate.fingerprint),
+            key: Self::key_for(certificate, &client_cas),
             server_config: Arc::new(config),
+            client_cas: client_cas.into(),
         })
+    }
+
+    /// The key of the policy that `certificate` with `client_cas` makes.
+    pub fn key_for(certificate: &ServingCertificate, client_cas: &[Arc<ClientCa>]) -> PolicyKey {
+        let mut hasher = DefaultHasher::new();
+        certificate.fingerprint.hash(&mut hasher);
+        for ca in client_cas {
+            ca.id.hash(&mut hasher);
+        }
+        PolicyKey(hasher.finish())
     }
 }

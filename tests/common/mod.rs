@@ -81,8 +81,8 @@ impl Fixture {
 
     /// Load the written configuration and start gatehouse.
     pub async fn start(&self) -> Running {
-        let snapshot = gatehouse::snapshot::load(&self.path("gatehouse.toml"))
-            .unwrap_or_else(|errors| panic!("{errors}"));
+        let snapshot =
+            gatehouse::snapshot::load(&self.path("gatehouse.toml")).unwrap_or_else(|errors| panic!("{errors}"));
         let proxy = Proxy::start(snapshot).await.unwrap();
         Running {
             https: proxy.https_addrs()[0],
@@ -100,12 +100,7 @@ impl Default for Fixture {
 }
 
 /// A simple environment file.
-pub fn environment_toml(
-    name: &str,
-    domains: &[&str],
-    upstreams: &[SocketAddr],
-    extra: &str,
-) -> String {
+pub fn environment_toml(name: &str, domains: &[&str], upstreams: &[SocketAddr], extra: &str) -> String {
     let domains: Vec<String> = domains.iter().map(|d| format!("{d:?}")).collect();
     let upstreams: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
@@ -132,14 +127,24 @@ pub struct Connect<'a> {
 
 impl Running {
     pub async fn tls(&self, connect: Connect<'_>) -> TlsStream<TcpStream> {
+        self.tls_as(connect, None).await
+    }
+
+    /// A TLS connection that presents `identity` when the server asks for a certificate.
+    pub async fn tls_as(&self, connect: Connect<'_>, identity: Option<&pki::ClientIdentity>) -> TlsStream<TcpStream> {
         let mut roots = RootCertStore::empty();
         roots.add(self.roots.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(identity) => config
+                .with_client_auth_cert(identity.chain.clone(), identity.key())
+                .unwrap(),
+            None => config.with_no_client_auth(),
+        };
         config.alpn_protocols = connect.alpn.iter().map(|p| p.to_vec()).collect();
         config.enable_sni = connect.send_sni;
         let connector = TlsConnector::from(Arc::new(config));
@@ -153,14 +158,17 @@ impl Running {
 
     /// An HTTP/1.1 connection whose SNI is `host`.
     pub async fn h1(&self, host: &str) -> http1::SendRequest<ClientBody> {
-        let tls = self
-            .tls(Connect {
-                server_name: host,
-                send_sni: true,
-                alpn: &[b"http/1.1"],
-            })
-            .await;
-        h1_over(tls).await
+        self.h1_as(host, None).await
+    }
+
+    /// An HTTP/1.1 connection whose SNI is `host`, presenting `identity` if asked.
+    pub async fn h1_as(&self, host: &str, identity: Option<&pki::ClientIdentity>) -> http1::SendRequest<ClientBody> {
+        let connect = Connect {
+            server_name: host,
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        };
+        h1_over(self.tls_as(connect, identity).await).await
     }
 
     /// An HTTP/2 connection whose SNI is `host`.
@@ -173,9 +181,7 @@ impl Running {
             })
             .await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
         tokio::spawn(connection);
         sender
     }
@@ -259,10 +265,7 @@ impl Answer {
     }
 }
 
-pub async fn send_h1(
-    sender: &mut http1::SendRequest<ClientBody>,
-    request: Request<ClientBody>,
-) -> Answer {
+pub async fn send_h1(sender: &mut http1::SendRequest<ClientBody>, request: Request<ClientBody>) -> Answer {
     let response = tokio::time::timeout(WAIT, sender.send_request(request))
         .await
         .unwrap()
@@ -270,10 +273,7 @@ pub async fn send_h1(
     collect(response).await
 }
 
-pub async fn send_h2(
-    sender: &mut http2::SendRequest<ClientBody>,
-    request: Request<ClientBody>,
-) -> Answer {
+pub async fn send_h2(sender: &mut http2::SendRequest<ClientBody>, request: Request<ClientBody>) -> Answer {
     let response = tokio::time::timeout(WAIT, sender.send_request(request))
         .await
         .unwrap()
@@ -283,10 +283,7 @@ pub async fn send_h2(
 
 pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Answer {
     let (parts, body) = response.into_parts();
-    let collected = tokio::time::timeout(WAIT, body.collect())
-        .await
-        .unwrap()
-        .unwrap();
+    let collected = tokio::time::timeout(WAIT, body.collect()).await.unwrap().unwrap();
     let trailers = collected.trailers().cloned();
     Answer {
         status: parts.status,

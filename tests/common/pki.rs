@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
 };
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +28,65 @@ pub struct Leaf {
     pub der: CertificateDer<'static>,
 }
 
+/// A client certificate and key, for mTLS clients.
+pub struct ClientIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+    pub pem: String,
+}
+
+impl ClientIdentity {
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+}
+
+/// How a client certificate is made.
+pub struct ClientSpec<'a> {
+    pub subject: &'a [(DnType, &'a str)],
+    /// Validity relative to now, in days.
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub client_auth: bool,
+}
+
+impl Default for ClientSpec<'_> {
+    fn default() -> Self {
+        Self {
+            subject: &[],
+            valid_from: -1,
+            valid_until: 30,
+            client_auth: true,
+        }
+    }
+}
+
 impl Ca {
+    /// Issue a client certificate.
+    pub fn issue_client(&self, spec: ClientSpec<'_>) -> ClientIdentity {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        for (kind, value) in spec.subject {
+            dn.push(kind.clone(), *value);
+        }
+        params.distinguished_name = dn;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + Duration::days(spec.valid_from);
+        params.not_after = now + Duration::days(spec.valid_until);
+        params.extended_key_usages = if spec.client_auth {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        ClientIdentity {
+            chain: vec![cert.der().clone()],
+            key_der: key.serialize_der(),
+            pem: cert.pem(),
+        }
+    }
+
     pub fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -46,14 +104,7 @@ impl Ca {
     }
 
     /// Issue a server certificate for `names`, valid for `days` from yesterday, into `dir`.
-    pub fn issue(
-        &self,
-        dir: &Path,
-        file_stem: &str,
-        names: &[&str],
-        kind: KeyKind,
-        days: i64,
-    ) -> Leaf {
+    pub fn issue(&self, dir: &Path, file_stem: &str, names: &[&str], kind: KeyKind, days: i64) -> Leaf {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         let mut dn = DistinguishedName::new();

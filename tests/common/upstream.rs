@@ -138,19 +138,16 @@ fn text(body: String) -> Response<Body> {
 fn dump(name: &str, request: &Request<Incoming>) -> String {
     let mut out = format!("upstream: {name}\n{} {}\n", request.method(), request.uri());
     for (header, value) in request.headers() {
-        out.push_str(&format!(
-            "{header}: {}\n",
-            String::from_utf8_lossy(value.as_bytes())
-        ));
+        out.push_str(&format!("{header}: {}\n", String::from_utf8_lossy(value.as_bytes())));
     }
     out
 }
 
 /// FNV-1a, to check that bytes arrived intact and in order.
 pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
-    })
+    bytes
+        .iter()
+        .fold(hash, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3))
 }
 
 pub const FNV_START: u64 = 0xcbf29ce484222325;
@@ -169,9 +166,7 @@ async fn upload(state: &Arc<State>, request: Request<Incoming>) -> Response<Body
         if let Some(data) = frame.data_ref() {
             total += data.len() as u64;
             hash = fnv1a(hash, data);
-            state
-                .upload_bytes_seen
-                .fetch_add(data.len() as u64, Ordering::SeqCst);
+            state.upload_bytes_seen.fetch_add(data.len() as u64, Ordering::SeqCst);
         }
     }
     text(format!("received {total} {hash:x}"))
@@ -207,9 +202,7 @@ fn trailers() -> Response<Body> {
         Ok(Frame::data(Bytes::from_static(b"part two"))),
         Ok(Frame::trailers(trailer)),
     ];
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
-        frames,
-    ))));
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))));
     response
         .headers_mut()
         .insert("trailer", HeaderValue::from_static("x-checksum"));
@@ -246,17 +239,12 @@ fn websocket(mut request: Request<Incoming>) -> Response<Body> {
     // A real server sends base64(sha1(key + GUID)); echoing a value derived from the key is
     // enough to see that the app's handshake answer reaches the client unchanged.
     let accept = format!("accept-for-{}", key.to_str().unwrap_or(""));
-    headers.insert(
-        "sec-websocket-accept",
-        HeaderValue::from_str(&accept).unwrap(),
-    );
+    headers.insert("sec-websocket-accept", HeaderValue::from_str(&accept).unwrap());
     response
 }
 
 /// A stream of `size` pattern bytes in 64 KiB chunks, for request bodies.
-pub fn pattern_stream(
-    size: u64,
-) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+pub fn pattern_stream(size: u64) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     futures_util::stream::iter((0..size).step_by(64 * 1024)).map(move |offset| {
         let len = (64 * 1024).min(size - offset);
         Ok(Frame::data(Bytes::from(

@@ -1,0 +1,109 @@
+//! What the app is told about a client certificate: the subject and issuer as RFC 2253 strings
+//! (most specific RDN first, as nginx's `$ssl_client_s_dn` and `openssl -nameopt RFC2253`
+//! print them), the serial number, and the SHA-1 fingerprint.
+
+use std::fmt::Write;
+
+use rustls::pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateIdentity {
+    pub subject_dn: String,
+    pub issuer_dn: String,
+    /// Upper-case hex, no separators.
+    pub serial: String,
+    /// Lower-case hex SHA-1 of the DER encoding.
+    pub sha1_fingerprint: String,
+}
+
+impl CertificateIdentity {
+    pub fn of(leaf: &CertificateDer<'_>) -> Option<Self> {
+        let (_, parsed) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, leaf.as_ref());
+        Some(Self {
+            subject_dn: rfc2253(parsed.subject()),
+            issuer_dn: rfc2253(parsed.issuer()),
+            serial: hex(parsed.raw_serial(), true),
+            sha1_fingerprint: hex(digest.as_ref(), false),
+        })
+    }
+}
+
+fn hex(bytes: &[u8], upper: bool) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = if upper {
+            write!(out, "{byte:02X}")
+        } else {
+            write!(out, "{byte:02x}")
+        };
+    }
+    out
+}
+
+/// RFC 2253: RDNs in reverse order, separated by ','; multi-valued RDNs joined by '+'.
+pub fn rfc2253(name: &X509Name<'_>) -> String {
+    let mut rdns: Vec<String> = Vec::new();
+    for rdn in name.iter() {
+        let attributes: Vec<String> = rdn
+            .iter()
+            .map(|attribute| {
+                let oid = attribute.attr_type();
+                let label = short_name(&oid.to_id_string()).map_or_else(|| oid.to_id_string(), str::to_owned);
+                match attribute.as_str() {
+                    Ok(value) => format!("{label}={}", escape(value)),
+                    Err(_) => format!("{label}=#{}", hex(attribute.attr_value().data, false)),
+                }
+            })
+            .collect();
+        rdns.push(attributes.join("+"));
+    }
+    rdns.reverse();
+    rdns.join(",")
+}
+
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.5" => "serialNumber",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        _ => return None,
+    })
+}
+
+/// RFC 4514 escaping of an attribute value.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (index, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (index == 0 && (c == '#' || c == ' '))
+            || (index == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn special_characters_are_escaped() {
+        assert_eq!(escape("Acme, Inc."), "Acme\\, Inc.");
+        assert_eq!(escape("#1 a+b "), "\\#1 a\\+b\\ ");
+        assert_eq!(escape("plain"), "plain");
+    }
+}
