@@ -60,6 +60,12 @@ pub struct ListenSection {
     /// The port written into the redirect's `Location` (left out when it is 443).
     #[serde(default = "default_redirect_port")]
     pub redirect_port: u16,
+    /// Every connection (https and http listeners) starts with a PROXY protocol v1 or v2 header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For` is believed (CIDR ranges or addresses).
+    #[serde(default)]
+    pub trusted_forwarders: Vec<Spanned<String>>,
 }
 
 fn default_redirect_port() -> u16 {

@@ -14,6 +14,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::ConnectionInfo;
+use super::client_address::ClientAddress;
 use super::upgrade;
 use crate::pages::{ResponseBody, page};
 use crate::server::Shared;
@@ -68,6 +69,7 @@ const GATEHOUSE_SETS: [HeaderName; 8] = [
 pub async fn forward(
     shared: &Shared,
     connection: &ConnectionInfo,
+    client: &ClientAddress,
     environment: &Environment,
     host: HeaderValue,
     mut request: Request<Incoming>,
@@ -85,7 +87,7 @@ pub async fn forward(
     let from_http2 = parts.version == Version::HTTP_2;
     rewrite_request_headers(&mut parts.headers, from_http2);
     let request_id = shared.request_ids.next();
-    set_forwarding_headers(&mut parts.headers, connection, host, request_id);
+    set_forwarding_headers(&mut parts.headers, connection, client, host, request_id);
     if let Some(protocol) = upgrade_protocol {
         upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
     }
@@ -153,11 +155,21 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
 fn set_forwarding_headers(
     headers: &mut HeaderMap,
     connection: &ConnectionInfo,
+    client: &ClientAddress,
     host: HeaderValue,
     request_id: HeaderValue,
 ) {
-    headers.insert(X_FORWARDED_FOR, connection.client_ip.clone());
-    headers.insert(X_REAL_IP, connection.client_ip.clone());
+    let peer_is_client = client.ip == connection.client.ip().to_canonical();
+    let real_ip = match peer_is_client {
+        true => connection.client_ip.clone(),
+        false => HeaderValue::try_from(client.ip.to_string()).unwrap_or_else(|_| connection.client_ip.clone()),
+    };
+    let forwarded_for = client
+        .forwarded_for
+        .clone()
+        .unwrap_or_else(|| connection.client_ip.clone());
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    headers.insert(X_REAL_IP, real_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     headers.insert(X_FORWARDED_HOST, host.clone());
     headers.insert(X_REQUEST_ID, request_id);

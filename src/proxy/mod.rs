@@ -5,11 +5,12 @@
 //! 3. [`forward`] rewrites the request for the app, picks an instance and streams both ways;
 //! 4. failures become gatehouse's own pages ([`crate::pages`]).
 
+pub mod client_address;
 pub mod forward;
 pub mod upgrade;
 pub mod upstream;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
@@ -141,9 +142,14 @@ pub async fn handle(
     let Some(environment) = snapshot.environments.get(route.environment) else {
         return page(StatusCode::NOT_FOUND);
     };
-    let mut response = match check_access(&snapshot, environment, connection, &host, &request) {
+    let client = client_address::resolve(
+        connection.client.ip(),
+        request.headers(),
+        &snapshot.settings.trusted_forwarders,
+    );
+    let mut response = match check_access(&snapshot, environment, connection, client.ip, &host, &request) {
         Some(refusal) => refusal,
-        None => forward::forward(shared, connection, environment, host, request).await,
+        None => forward::forward(shared, connection, &client, environment, host, request).await,
     };
     // The environment's header policy covers its every answer, gatehouse's own pages included.
     environment.headers.apply(response.headers_mut());
@@ -156,11 +162,11 @@ fn check_access<B>(
     snapshot: &Snapshot,
     environment: &Environment,
     connection: &ConnectionInfo,
+    client: IpAddr,
     host: &HeaderValue,
     request: &Request<B>,
 ) -> Option<Response<ResponseBody>> {
     let path = request.uri().path();
-    let client = connection.client.ip();
     let evaluation = access::evaluate(&snapshot.profiles, &environment.rules, path, client, |ca| {
         connection.certificate_status(ca)
     });

@@ -6,6 +6,7 @@
 
 mod http;
 mod listener;
+mod proxy_protocol;
 mod redirect;
 mod tls;
 

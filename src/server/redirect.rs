@@ -17,8 +17,21 @@ use super::Shared;
 use crate::pages::{ResponseBody, page, with_body};
 use crate::route::{MAX_HOST_LEN, normalize_host};
 
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _client: SocketAddr) {
-    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let (header_timeout, proxy_protocol) = {
+        let settings = &shared.snapshot.load().settings;
+        (settings.request_header_timeout, settings.proxy_protocol)
+    };
+    if proxy_protocol {
+        let read = super::proxy_protocol::read_client_address(&mut stream, peer);
+        if let Err(err) = tokio::time::timeout(header_timeout, read)
+            .await
+            .unwrap_or_else(|elapsed| Err(elapsed.into()))
+        {
+            tracing::debug!(%peer, error = %err, "PROXY header refused");
+            return;
+        }
+    }
     let service = service_fn(move |request| {
         let response = redirect(&shared, &request);
         async move { Ok::<_, Infallible>(response) }

@@ -16,18 +16,30 @@ use crate::access::profile::ClientCa;
 use crate::proxy::{ClientCertificate, ConnectionInfo};
 use crate::tls::policy::PolicyKey;
 
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
-    let deadline = shared.snapshot.load().settings.tls_handshake_timeout;
-    // One deadline covers both awaits: a client that trickles its ClientHello gets no more time.
-    let handshake = tokio::time::timeout(deadline, handshake(&shared, stream)).await;
-    let (tls, policy, client_cas) = match handshake {
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let (deadline, proxy_protocol) = {
+        let settings = &shared.snapshot.load().settings;
+        (settings.tls_handshake_timeout, settings.proxy_protocol)
+    };
+    // One deadline covers the PROXY header, the ClientHello and the handshake: a client that
+    // trickles its bytes gets no more time.
+    let handshake = tokio::time::timeout(deadline, async {
+        let mut stream = stream;
+        let client = match proxy_protocol {
+            true => super::proxy_protocol::read_client_address(&mut stream, peer).await?,
+            false => peer,
+        };
+        handshake(&shared, stream).await.map(|done| (done, client))
+    })
+    .await;
+    let ((tls, policy, client_cas), client) = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(err)) => {
-            tracing::debug!(%client, error = %err, "TLS handshake failed");
+            tracing::debug!(%peer, error = %err, "TLS handshake failed");
             return;
         }
         Err(_elapsed) => {
-            tracing::debug!(%client, "TLS handshake timed out");
+            tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
     };

@@ -94,7 +94,7 @@ fn compile_profile(
     })
 }
 
-fn parse_ranges(
+pub fn parse_ranges(
     main: &SourceFile<MainFile>,
     key: &str,
     written: &[Spanned<String>],

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use http::uri::Authority;
 use toml::Spanned;
 
-use super::access::{Profiles, compile_profiles, compile_rules, load_forbidden_page};
+use super::access::{Profiles, compile_profiles, compile_rules, load_forbidden_page, parse_ranges};
 use super::headers::compile_headers;
 use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_warning, unix_now};
 use super::{Environment, Instance, Settings, Snapshot};
 use crate::access::profile::{ClientCa, Profile};
+use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
@@ -102,10 +103,13 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
     }
     let limits = &main.value.limits;
     let upstream = &main.value.upstream;
+    let forwarders = parse_ranges(main, "listen.trusted_forwarders", &listen.trusted_forwarders, errors);
     Settings {
         https,
         http,
         redirect_port: listen.redirect_port,
+        proxy_protocol: listen.proxy_protocol,
+        trusted_forwarders: RangeSet::new(&forwarders),
         tls_handshake_timeout: limits.tls_handshake_timeout.0,
         request_header_timeout: limits.request_header_timeout.0,
         upstream_connect_timeout: upstream.connect_timeout.0,

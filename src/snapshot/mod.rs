@@ -17,6 +17,7 @@ use std::time::Duration;
 use http::uri::Authority;
 
 use crate::access::profile::Profile;
+use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
 use crate::config::ConfigErrors;
 use crate::headers::HeaderPolicy;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub https: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
     pub redirect_port: u16,
+    pub proxy_protocol: bool,
+    pub trusted_forwarders: RangeSet,
     pub tls_handshake_timeout: Duration,
     pub request_header_timeout: Duration,
     pub upstream_connect_timeout: Duration,

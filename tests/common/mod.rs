@@ -132,6 +132,24 @@ impl Running {
 
     /// A TLS connection that presents `identity` when the server asks for a certificate.
     pub async fn tls_as(&self, connect: Connect<'_>, identity: Option<&pki::ClientIdentity>) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.https).await.unwrap();
+        self.try_tls_over(tcp, connect, identity).await.unwrap()
+    }
+
+    /// Write `prefix` (a PROXY header, say) on a new connection, then attempt a TLS handshake.
+    pub async fn try_tls_after(&self, prefix: &[u8], connect: Connect<'_>) -> std::io::Result<TlsStream<TcpStream>> {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = TcpStream::connect(self.https).await.unwrap();
+        tcp.write_all(prefix).await?;
+        self.try_tls_over(tcp, connect, None).await
+    }
+
+    async fn try_tls_over(
+        &self,
+        tcp: TcpStream,
+        connect: Connect<'_>,
+        identity: Option<&pki::ClientIdentity>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let mut roots = RootCertStore::empty();
         roots.add(self.roots.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -148,12 +166,8 @@ impl Running {
         config.alpn_protocols = connect.alpn.iter().map(|p| p.to_vec()).collect();
         config.enable_sni = connect.send_sni;
         let connector = TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(self.https).await.unwrap();
         let name = ServerName::try_from(connect.server_name.to_owned()).unwrap();
-        tokio::time::timeout(WAIT, connector.connect(name, tcp))
-            .await
-            .unwrap()
-            .unwrap()
+        tokio::time::timeout(WAIT, connector.connect(name, tcp)).await.unwrap()
     }
 
     /// An HTTP/1.1 connection whose SNI is `host`.
