@@ -1,10 +1,12 @@
 //! The command line: `run` (the default) and `check`.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::explain::{Outcome, Question};
 use crate::server::Proxy;
 use crate::snapshot::{self, Snapshot};
 
@@ -30,6 +32,22 @@ enum Command {
     Run,
     /// Validate the configuration as a start would, print a summary, and exit.
     Check,
+    /// Say which environment, rule and profile a request would meet, and whether it would pass.
+    /// Exit status: 0 allowed, 3 denied, 4 not routed (404/400), 1 configuration error.
+    Explain {
+        /// The request's host (`Host` / `:authority`).
+        #[arg(long)]
+        host: String,
+        /// The request's path, as sent (it is normalised as the request path would).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The client address the decision sees (after PROXY protocol / trusted forwarders).
+        #[arg(long)]
+        client: IpAddr,
+        /// A PEM certificate chain the client would present.
+        #[arg(long)]
+        certificate: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -37,6 +55,20 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
+        Command::Explain {
+            host,
+            path,
+            client,
+            certificate,
+        } => explain(
+            &cli.config,
+            &Question {
+                host: &host,
+                path: &path,
+                client,
+                certificate: certificate.as_deref(),
+            },
+        ),
     }
 }
 
@@ -48,6 +80,30 @@ fn check(config: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("configuration {} is invalid:\n{errors}", config.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain(config: &Path, question: &Question<'_>) -> ExitCode {
+    let snapshot = match snapshot::load(config) {
+        Ok(snapshot) => snapshot,
+        Err(errors) => {
+            eprintln!("configuration {} is invalid:\n{errors}", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::explain::explain(&snapshot, question) {
+        Ok(explanation) => {
+            print!("{explanation}");
+            ExitCode::from(match explanation.outcome {
+                Outcome::Allowed => 0,
+                Outcome::Denied => 3,
+                Outcome::NotRouted => 4,
+            })
+        }
+        Err(err) => {
+            eprintln!("{err}");
             ExitCode::FAILURE
         }
     }

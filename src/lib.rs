@@ -12,6 +12,7 @@
 pub mod access;
 pub mod cli;
 pub mod config;
+pub mod explain;
 pub mod headers;
 pub mod pages;
 pub mod proxy;
