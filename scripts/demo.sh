@@ -25,7 +25,13 @@ show curl -ks "${resolve[@]}" https://shop.apps.example.test:8443/hello
 show curl -ks "${resolve[@]}" https://shop.apps.example.test:8443/again   # the other instance (round robin)
 show curl -ks --http2 "${resolve[@]}" https://a.acceptance.shop.example.test:8443/over-h2
 show curl -ks "${resolve[@]}" https://unknown.example.test:8443/
+show curl -ks -o /dev/null -w '%{http_code} (the /admin/ rule lets in 192.0.2.0/24 only)\n' "${resolve[@]}" https://shop.apps.example.test:8443/admin/
+show curl -ks -o /dev/null -w '%{http_code} (deny-all, however the path is spelled)\n' "${resolve[@]}" https://shop.apps.example.test:8443/api/%2e%2e/rest-doc/
+show curl -ks -D - -o /dev/null "${resolve[@]}" https://shop.apps.example.test:8443/
 show curl -s -i "${resolve[@]}" http://shop.apps.example.test:8080/login
+echo
+echo "\$ gatehouse explain --host shop.apps.example.test --path /admin/ --client 192.0.2.10"
+target/release/gatehouse explain --config conf/gatehouse.toml --host shop.apps.example.test --path /admin/ --client 192.0.2.10 || true
 
 if [ "${1:-}" = "--check" ]; then
   curl -ksf "${resolve[@]}" https://shop.apps.example.test:8443/ | grep -q "hello from the demo app"
