@@ -172,7 +172,7 @@ fn describe_rule(snapshot: &Snapshot, evaluation: &Evaluation<'_>, say: &mut imp
         let ca = restriction.client_ca.as_ref().map_or("none", |ca| ca.source.as_str());
         say(
             "profile",
-            format!("require {:?}, client CA: {ca}", restriction.require).to_lowercase(),
+            format!("require {}, client CA: {ca}", restriction.require.as_str()),
         );
     }
 }

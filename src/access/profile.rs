@@ -39,6 +39,15 @@ pub enum Require {
     All,
 }
 
+impl Require {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::All => "all",
+        }
+    }
+}
+
 /// A client certificate authority bundle and the verifier that checks chains against it.
 #[derive(Debug)]
 pub struct ClientCa {
