@@ -14,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod headers;
+pub mod logs;
+pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod route;

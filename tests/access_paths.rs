@@ -163,7 +163,7 @@ async fn an_environment_may_name_its_own_403_page() {
 async fn ipv6_clients_are_matched_against_ipv6_ranges() {
     let fixture = Fixture::new();
     let app = Upstream::start("shop").await;
-    let main = "environments = \"env/*.toml\"\n[listen]\nhttps = [\"[::1]:0\"]\n\
+    let main = "environments = \"env/*.toml\"\n[listen]\nhttps = [\"[::1]:0\"]\nadmin = \"off\"\n\
          [tls]\ncertificate = \"platform.pem\"\nkey = \"platform.key\"\n\
          [profiles.loopback6]\nranges = [\"::1/128\"]\n[profiles.doc6]\nranges = [\"2001:db8::/32\", \"::2/128\"]\n";
     fixture.write("gatehouse.toml", main);

@@ -30,6 +30,11 @@ impl<T> SourceFile<T> {
         ConfigError::new(&self.path, Some(self.line_of(span)), Some(key), message)
     }
 
+    /// SHA-256 (hex) of the file's text.
+    pub fn sha256(&self) -> String {
+        digest(std::iter::once((&self.path, &self.text)))
+    }
+
     /// A path written in this file, resolved against the file's folder.
     pub fn resolve(&self, written: &str) -> PathBuf {
         let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
@@ -42,6 +47,8 @@ impl<T> SourceFile<T> {
 pub struct LoadedConfig {
     pub main: SourceFile<MainFile>,
     pub environments: Vec<SourceFile<EnvironmentFile>>,
+    /// SHA-256 (hex) over the configuration files' names and contents.
+    pub sha256: String,
 }
 
 /// Read and parse the main file and all environment files. Syntax and type errors of every file
@@ -57,10 +64,26 @@ pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         }
     }
     if errors.is_empty() {
-        Ok(LoadedConfig { main, environments })
+        let sha256 = digest(std::iter::once((&main.path, &main.text)).chain(environments.iter().map(|f| (&f.path, &f.text))));
+        Ok(LoadedConfig {
+            main,
+            environments,
+            sha256,
+        })
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+fn digest<'a>(files: impl Iterator<Item = (&'a PathBuf, &'a String)>) -> String {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (path, text) in files {
+        context.update(path.to_string_lossy().as_bytes());
+        context.update(&[0]);
+        context.update(text.as_bytes());
+        context.update(&[0]);
+    }
+    context.finish().as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, ConfigErrors> {

@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::duration::ConfigDuration;
 use crate::access::profile::Require;
+use crate::logs::AccessFormat;
 
 /// `gatehouse.toml`: process-wide settings and where the environment files are.
 #[derive(Debug, Deserialize)]
@@ -22,9 +23,42 @@ pub struct MainFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub logging: LoggingSection,
     /// Named access restriction profiles, usable by every environment.
     #[serde(default)]
     pub profiles: BTreeMap<String, Spanned<ProfileSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `"stdout"`, `"stderr"`, `"off"`, or a file path.
+    #[serde(default = "default_log_target")]
+    pub access_log: String,
+    #[serde(default = "default_access_format")]
+    pub access_log_format: AccessFormat,
+    /// `"stdout"`, `"stderr"`, `"off"`, or a file path. JSON lines marked `"log":"audit"`.
+    #[serde(default = "default_log_target")]
+    pub audit_log: String,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            access_log: default_log_target(),
+            access_log_format: default_access_format(),
+            audit_log: default_log_target(),
+        }
+    }
+}
+
+fn default_log_target() -> String {
+    "stdout".to_owned()
+}
+
+fn default_access_format() -> AccessFormat {
+    AccessFormat::Json
 }
 
 /// `[profiles.NAME]`: who may pass.
@@ -63,6 +97,9 @@ pub struct ListenSection {
     /// Every connection (https and http listeners) starts with a PROXY protocol v1 or v2 header.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// The admin listener (metrics, health, configuration): `ip:port` or `"off"`.
+    /// Default `127.0.0.1:9901`.
+    pub admin: Option<Spanned<String>>,
     /// Peers whose `X-Forwarded-For` is believed (CIDR ranges or addresses).
     #[serde(default)]
     pub trusted_forwarders: Vec<Spanned<String>>,

@@ -6,6 +6,7 @@
 //! never buffered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
@@ -15,6 +16,8 @@ use hyper::body::Incoming;
 
 use super::ConnectionInfo;
 use super::client_address::ClientAddress;
+use super::observe::{CountedBody, Details};
+use crate::metrics::UpstreamError;
 use super::upgrade;
 use crate::pages::{ResponseBody, page};
 use crate::server::Shared;
@@ -72,7 +75,9 @@ pub async fn forward(
     client: &ClientAddress,
     environment: &Environment,
     host: HeaderValue,
+    request_id: HeaderValue,
     mut request: Request<Incoming>,
+    details: &mut Details,
 ) -> Response<ResponseBody> {
     let Some(instance) = environment.pick_instance() else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
@@ -86,7 +91,6 @@ pub async fn forward(
     };
     let from_http2 = parts.version == Version::HTTP_2;
     rewrite_request_headers(&mut parts.headers, from_http2);
-    let request_id = shared.request_ids.next();
     set_forwarding_headers(&mut parts.headers, connection, client, host, request_id);
     if let Some(protocol) = upgrade_protocol {
         upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
@@ -94,18 +98,27 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
+    let body = CountedBody::new(body, environment.metrics.clone());
+    let sent_at = Instant::now();
     let sent = shared.upstream.request(Request::from_parts(parts, body));
-    let response = match tokio::time::timeout(environment.response_timeout, sent).await {
+    let outcome = tokio::time::timeout(environment.response_timeout, sent).await;
+    let waited = sent_at.elapsed();
+    details.upstream = Some((instance.addr, waited));
+    let response = match outcome {
         Err(_elapsed) => {
             tracing::warn!(environment = %environment.name, instance = %instance.addr, "upstream response timed out");
+            environment.metrics.upstream_failed(UpstreamError::Timeout);
             return page(StatusCode::GATEWAY_TIMEOUT);
         }
         Ok(Err(err)) => {
             tracing::warn!(environment = %environment.name, instance = %instance.addr, error = %err, "upstream request failed");
+            let kind = if err.is_connect() { UpstreamError::Connect } else { UpstreamError::Other };
+            environment.metrics.upstream_failed(kind);
             return page(StatusCode::BAD_GATEWAY);
         }
         Ok(Ok(response)) => response,
     };
+    environment.metrics.upstream_answered(waited);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match downstream_upgrade {

@@ -7,11 +7,17 @@
 
 pub mod client_address;
 pub mod forward;
+pub mod observe;
 pub mod upgrade;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
+
+use client_address::ClientAddress;
+use observe::{AccessEntry, Details, Exchange, ObservedBody};
+use serde::Serialize;
 
 use rustls::pki_types::CertificateDer;
 
@@ -115,14 +121,66 @@ impl ConnectionInfo {
     }
 }
 
-/// Answer one request from a TLS connection.
+/// Answer one request from a TLS connection, and record it (metrics, access log) when its
+/// response body ends.
 pub async fn handle(
     shared: &Shared,
     connection: &ConnectionInfo,
     request: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Response<ObservedBody<ResponseBody>> {
+    let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
-    let Ok(host) = request_host(&request) else {
+    let method = request.method().clone();
+    let version = request.version();
+    let request_id = shared.request_ids.next();
+    // Only what the access log needs is kept, and only when it is on.
+    let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
+    let host = request_host(&request).ok();
+    let mut details = Details::default();
+    let response = respond(shared, connection, &snapshot, host.clone(), request_id.clone(), request, &mut details).await;
+
+    let environment = details.environment.and_then(|index| snapshot.environments.get(index));
+    let metrics = environment.map_or_else(|| snapshot.unrouted_metrics.clone(), |env| env.metrics.clone());
+    let status = response.status();
+    let log = logged_uri.map(|uri| {
+        let entry = AccessEntry {
+            request_id,
+            environment: environment.map(|env| env.name.clone()),
+            client: details.client.unwrap_or_else(|| connection.client.ip().to_canonical()),
+            method: method.clone(),
+            host,
+            uri,
+            version,
+            tls_version: connection.tls_protocol.clone(),
+            client_certificate: connection.client_certificate.as_ref().map(|c| c.subject.clone()),
+            status,
+            upstream: details.upstream,
+            decision: details.decision,
+            format: snapshot.settings.access_log_format,
+        };
+        (Box::new(entry), shared.access_log.clone())
+    });
+    let exchange = Exchange {
+        started,
+        metrics,
+        method,
+        status,
+        log,
+    };
+    response.map(|body| ObservedBody::new(body, exchange))
+}
+
+/// The request's phases: route (400, 404), TLS policy (421), access (400, 403), forward.
+async fn respond(
+    shared: &Shared,
+    connection: &ConnectionInfo,
+    snapshot: &Snapshot,
+    host: Option<HeaderValue>,
+    request_id: HeaderValue,
+    request: Request<Incoming>,
+    details: &mut Details,
+) -> Response<ResponseBody> {
+    let Some(host) = host else {
         return page(StatusCode::BAD_REQUEST);
     };
     let route = match snapshot.route(host.as_bytes()) {
@@ -132,24 +190,20 @@ pub async fn handle(
     };
     // A connection may only carry hosts served under the TLS terms it was opened with; HTTP/2
     // clients reuse connections for every name a certificate covers.
-    let same_policy = snapshot
-        .policies
-        .get(route.policy)
-        .is_some_and(|policy| policy.key == connection.policy);
+    let same_policy = snapshot.policies.get(route.policy).is_some_and(|policy| policy.key == connection.policy);
     if !same_policy {
         return page(StatusCode::MISDIRECTED_REQUEST);
     }
     let Some(environment) = snapshot.environments.get(route.environment) else {
         return page(StatusCode::NOT_FOUND);
     };
-    let client = client_address::resolve(
-        connection.client.ip(),
-        request.headers(),
-        &snapshot.settings.trusted_forwarders,
-    );
-    let mut response = match check_access(&snapshot, environment, connection, client.ip, &host, &request) {
+    details.environment = Some(route.environment);
+    let client = client_address::resolve(connection.client.ip(), request.headers(), &snapshot.settings.trusted_forwarders);
+    details.client = Some(client.ip);
+    let refusal = check_access(shared, snapshot, environment, connection, &client, &host, &request_id, &request, details);
+    let mut response = match refusal {
         Some(refusal) => refusal,
-        None => forward::forward(shared, connection, &client, environment, host, request).await,
+        None => forward::forward(shared, connection, &client, environment, host, request_id, request, details).await,
     };
     // The environment's header policy covers its every answer, gatehouse's own pages included.
     environment.headers.apply(response.headers_mut());
@@ -158,40 +212,85 @@ pub async fn handle(
 
 /// Apply the environment's access rules. `Some` is the answer for a refused request, which
 /// then never reaches the app.
+#[allow(clippy::too_many_arguments)]
 fn check_access<B>(
+    shared: &Shared,
     snapshot: &Snapshot,
     environment: &Environment,
     connection: &ConnectionInfo,
-    client: IpAddr,
+    client: &ClientAddress,
     host: &HeaderValue,
+    request_id: &HeaderValue,
     request: &Request<B>,
+    details: &mut Details,
 ) -> Option<Response<ResponseBody>> {
     let path = request.uri().path();
-    let evaluation = access::evaluate(&snapshot.profiles, &environment.rules, path, client, |ca| {
+    let evaluation = access::evaluate(&snapshot.profiles, &environment.rules, path, client.ip, |ca| {
         connection.certificate_status(ca)
     });
     match evaluation {
-        Ok(evaluation) if evaluation.decision.is_allowed() => None,
         Ok(evaluation) => {
-            tracing::info!(
-                target: "gatehouse::access",
-                environment = %environment.name,
-                client = %client,
-                host = %String::from_utf8_lossy(host.as_bytes()),
-                path,
-                rule = evaluation.rule.map_or("", |rule| rule.prefix),
-                reason = evaluation.decision.reason(),
-                "request denied"
-            );
+            details.decision = Some(evaluation.decision);
+            environment.metrics.decided(evaluation.decision);
+            if evaluation.decision.is_allowed() {
+                return None;
+            }
+            let rule = evaluation.rule.map_or("", |rule| rule.prefix);
+            audit_denial(shared, environment, client.ip, host, path, rule, evaluation.decision, request_id);
             Some(match &environment.forbidden_page {
                 Some(custom) => custom.respond(StatusCode::FORBIDDEN),
                 None => page(StatusCode::FORBIDDEN),
             })
         }
         Err(err) => {
-            tracing::info!(target: "gatehouse::access", environment = %environment.name, client = %client, path, error = %err, "path refused");
+            tracing::info!(target: "gatehouse::access", environment = %environment.name, client = %client.ip, path, error = %err, "path refused");
             Some(page(StatusCode::BAD_REQUEST))
         }
+    }
+}
+
+#[derive(Serialize)]
+struct DenialLine<'a> {
+    time: String,
+    log: &'static str,
+    event: &'static str,
+    request_id: &'a str,
+    environment: &'a str,
+    client: String,
+    host: &'a str,
+    path: &'a str,
+    rule: &'a str,
+    reason: &'static str,
+}
+
+/// A denial goes to the audit log (for a SIEM) and to the process log.
+#[allow(clippy::too_many_arguments)]
+fn audit_denial(
+    shared: &Shared,
+    environment: &Environment,
+    client: IpAddr,
+    host: &HeaderValue,
+    path: &str,
+    rule: &str,
+    decision: access::profile::Decision,
+    request_id: &HeaderValue,
+) {
+    let host = String::from_utf8_lossy(host.as_bytes());
+    tracing::info!(target: "gatehouse::access", environment = %environment.name, %client, %host, path, rule, reason = decision.reason(), "request denied");
+    if shared.audit_log.enabled() {
+        let line = DenialLine {
+            time: crate::logs::rfc3339_now(),
+            log: "audit",
+            event: "access_denied",
+            request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or("-"),
+            environment: &environment.name,
+            client: client.to_string(),
+            host: &host,
+            path,
+            rule,
+            reason: decision.reason(),
+        };
+        shared.audit_log.write(serde_json::to_string(&line).unwrap_or_default());
     }
 }
 

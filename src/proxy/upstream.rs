@@ -8,9 +8,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::observe::CountedBody;
 use crate::snapshot::Settings;
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, CountedBody<Incoming>>;
 
 pub fn client(settings: &Settings) -> UpstreamClient {
     let mut connector = HttpConnector::new();

@@ -14,6 +14,7 @@ use crate::proxy::{self, ConnectionInfo};
 
 pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
     let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+    let _open = shared.metrics.connection_opened(alpn_h2);
     let service = {
         let shared = shared.clone();
         service_fn(move |request| {

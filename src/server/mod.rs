@@ -1,22 +1,30 @@
-//! The running proxy: listeners, TLS handshakes, HTTP connections.
+//! The running proxy: listeners, TLS handshakes, HTTP connections, the admin listener.
 //!
 //! [`Proxy::start`] binds every listener of a snapshot and serves until dropped or shut down.
-//! The snapshot lives in an `ArcSwap`: [`Proxy::install`] replaces it, and every new handshake
-//! and request reads the new one while in-flight work finishes on the old.
+//! The snapshot lives in an `ArcSwap`: [`Proxy::install`] and [`Proxy::reload`] replace it, and
+//! every new handshake and request reads the new one while in-flight work finishes on the old.
 
+mod admin;
 mod http;
 mod listener;
 mod proxy_protocol;
 mod redirect;
 mod tls;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use crate::config::ConfigErrors;
+use crate::logs::LogSink;
+use crate::metrics::Metrics;
 use crate::proxy::forward::RequestIds;
 use crate::proxy::upstream::{self, UpstreamClient};
 use crate::snapshot::Snapshot;
@@ -26,6 +34,13 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub upstream: UpstreamClient,
     pub request_ids: RequestIds,
+    pub metrics: Arc<Metrics>,
+    pub access_log: LogSink,
+    pub audit_log: LogSink,
+    /// Configuration loaded and every listener bound, and not shutting down.
+    pub ready: AtomicBool,
+    /// Generation of the snapshot in force: 1 at start, +1 per installed snapshot.
+    pub generation: AtomicU64,
 }
 
 /// Why the proxy could not start.
@@ -33,6 +48,24 @@ pub struct Shared {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// What asked for a reload, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    Signal,
+    Api,
+}
+
+impl ReloadTrigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Signal => "signal",
+            Self::Api => "api",
+        }
+    }
 }
 
 /// A running gatehouse.
@@ -40,31 +73,40 @@ pub struct Proxy {
     shared: Arc<Shared>,
     https_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
     /// Bind the snapshot's listeners and start serving. Must run inside a tokio runtime.
-    pub async fn start(snapshot: Snapshot) -> Result<Self, StartError> {
+    pub async fn start(mut snapshot: Snapshot) -> Result<Self, StartError> {
         let https = listener::bind_all(&snapshot.settings.https).await?;
         let http = listener::bind_all(&snapshot.settings.http).await?;
+        let admin = listener::bind_all(snapshot.settings.admin.as_slice()).await?;
+        let metrics = Arc::new(Metrics::new()?);
+        metrics.adopt(&mut snapshot, 1);
         let shared = Arc::new(Shared {
             upstream: upstream::client(&snapshot.settings),
+            access_log: LogSink::start(snapshot.settings.access_log.clone(), metrics.clone()),
+            audit_log: LogSink::start(snapshot.settings.audit_log.clone(), metrics.clone()),
             snapshot: ArcSwap::from_pointee(snapshot),
             request_ids: RequestIds::new(),
+            metrics,
+            ready: AtomicBool::new(false),
+            generation: AtomicU64::new(1),
         });
         let https_addrs = listener::local_addrs(&https);
         let http_addrs = listener::local_addrs(&http);
+        let admin_addr = listener::local_addrs(&admin).first().copied();
         let mut accept_tasks = Vec::new();
         for socket in https {
             accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), tls::serve)));
         }
         for socket in http {
-            accept_tasks.push(tokio::spawn(listener::accept_loop(
-                socket,
-                shared.clone(),
-                redirect::serve,
-            )));
+            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), redirect::serve)));
+        }
+        for socket in admin {
+            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), admin::serve)));
         }
         for addr in &https_addrs {
             tracing::info!(%addr, "listening for https");
@@ -72,10 +114,15 @@ impl Proxy {
         for addr in &http_addrs {
             tracing::info!(%addr, "listening for http (redirects to https)");
         }
+        if let Some(addr) = admin_addr {
+            tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /config");
+        }
+        shared.ready.store(true, Ordering::SeqCst);
         Ok(Self {
             shared,
             https_addrs,
             http_addrs,
+            admin_addr,
             accept_tasks,
         })
     }
@@ -89,9 +136,65 @@ impl Proxy {
         &self.http_addrs
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Make `snapshot` the configuration for every request and handshake from now on.
-    pub fn install(&self, snapshot: Snapshot) {
+    pub fn install(&self, mut snapshot: Snapshot) {
+        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.metrics.adopt(&mut snapshot, generation);
         self.shared.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Load, validate and compile the configuration at `main_file` off the request path, and
+    /// install it only if all of it is valid. Counted, and written to the audit log either way.
+    pub fn reload(&self, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
+        let old = self.shared.snapshot.load_full();
+        match crate::snapshot::load(main_file) {
+            Ok(snapshot) => {
+                let changes = Changes::between(&old, &snapshot);
+                let new_sha256 = snapshot.sha256.clone();
+                self.install(snapshot);
+                self.shared.metrics.reload_succeeded();
+                tracing::info!(trigger = trigger.as_str(), sha256 = %new_sha256, "configuration reloaded");
+                self.audit_reload(trigger, &old.sha256, Some(&new_sha256), Some(changes), None);
+                Ok(())
+            }
+            Err(errors) => {
+                self.shared.metrics.reload_failed();
+                for error in &errors.0 {
+                    tracing::error!(trigger = trigger.as_str(), "reload refused, the running configuration stays: {error}");
+                }
+                self.audit_reload(trigger, &old.sha256, None, None, Some(errors.to_string()));
+                Err(errors)
+            }
+        }
+    }
+
+    fn audit_reload(
+        &self,
+        trigger: ReloadTrigger,
+        old: &str,
+        new: Option<&str>,
+        changes: Option<Changes>,
+        error: Option<String>,
+    ) {
+        if !self.shared.audit_log.enabled() {
+            return;
+        }
+        let line = ReloadLine {
+            time: crate::logs::rfc3339_now(),
+            log: "audit",
+            event: "config_reload",
+            trigger: trigger.as_str(),
+            result: if error.is_none() { "success" } else { "failure" },
+            old_sha256: old,
+            new_sha256: new,
+            changes,
+            error,
+        };
+        self.shared.audit_log.write(serde_json::to_string(&line).unwrap_or_default());
     }
 
     /// The configuration currently in force.
@@ -99,8 +202,10 @@ impl Proxy {
         self.shared.snapshot.load_full()
     }
 
-    /// Stop accepting connections. Connections already open are served to their end.
+    /// Stop accepting connections and report not ready. Connections already open are served to
+    /// their end.
     pub fn stop_accepting(&self) {
+        self.shared.ready.store(false, Ordering::SeqCst);
         for task in &self.accept_tasks {
             task.abort();
         }
@@ -110,5 +215,50 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop_accepting();
+    }
+}
+
+#[derive(Serialize)]
+struct ReloadLine<'a> {
+    time: String,
+    log: &'static str,
+    event: &'static str,
+    trigger: &'static str,
+    result: &'static str,
+    old_sha256: &'a str,
+    new_sha256: Option<&'a str>,
+    #[serde(flatten)]
+    changes: Option<Changes>,
+    error: Option<String>,
+}
+
+/// Environments added, removed and changed between two configurations.
+#[derive(Debug, Serialize)]
+struct Changes {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+}
+
+impl Changes {
+    fn between(old: &Snapshot, new: &Snapshot) -> Self {
+        let index = |snapshot: &Snapshot| -> BTreeMap<String, String> {
+            snapshot
+                .summary
+                .environments
+                .iter()
+                .map(|env| (env.name.clone(), env.sha256.clone()))
+                .collect()
+        };
+        let (old, new) = (index(old), index(new));
+        Self {
+            added: new.keys().filter(|name| !old.contains_key(*name)).cloned().collect(),
+            removed: old.keys().filter(|name| !new.contains_key(*name)).cloned().collect(),
+            changed: new
+                .iter()
+                .filter(|(name, hash)| old.get(*name).is_some_and(|old_hash| old_hash != *hash))
+                .map(|(name, _)| name.clone())
+                .collect(),
+        }
     }
 }

@@ -12,9 +12,9 @@ use super::Shared;
 use http::HeaderValue;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 
-use crate::access::profile::ClientCa;
+use crate::metrics::HandshakeFailure;
 use crate::proxy::{ClientCertificate, ConnectionInfo};
-use crate::tls::policy::PolicyKey;
+use crate::tls::policy::TlsPolicy;
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let (deadline, proxy_protocol) = {
@@ -32,27 +32,30 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         handshake(&shared, stream).await.map(|done| (done, client))
     })
     .await;
-    let ((tls, policy, client_cas), client) = match handshake {
+    let ((tls, policy), client) = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            shared.metrics.handshake_failed(failure_reason(&err));
             return;
         }
         Err(_elapsed) => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
             return;
         }
     };
     let session = tls.get_ref().1;
+    count_handshake(&shared, &policy, session.protocol_version());
     let alpn_h2 = session.alpn_protocol() == Some(b"h2");
     let client_certificate = session
         .peer_certificates()
         .filter(|chain| !chain.is_empty())
-        .map(|chain| ClientCertificate::new(chain.to_vec(), &client_cas));
+        .map(|chain| ClientCertificate::new(chain.to_vec(), &policy.client_cas));
     let connection = Arc::new(ConnectionInfo {
         client,
         client_ip: ip_header(client),
-        policy,
+        policy: policy.key,
         tls_protocol: protocol_header(session.protocol_version()),
         tls_cipher: cipher_header(session.negotiated_cipher_suite()),
         client_certificate,
@@ -60,16 +63,58 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     super::http::serve(shared, connection, tls, alpn_h2).await;
 }
 
-type Handshake = (TlsStream<TcpStream>, PolicyKey, Arc<[Arc<ClientCa>]>);
-
-async fn handshake(shared: &Shared, stream: TcpStream) -> std::io::Result<Handshake> {
+async fn handshake(shared: &Shared, stream: TcpStream) -> std::io::Result<(TlsStream<TcpStream>, TlsPolicy)> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let policy = {
         let snapshot = shared.snapshot.load();
         snapshot.policy_for_sni(start.client_hello().server_name()).clone()
     };
-    let tls = start.into_stream(policy.server_config).await?;
-    Ok((tls, policy.key, policy.client_cas))
+    let tls = start.into_stream(policy.server_config.clone()).await?;
+    Ok((tls, policy))
+}
+
+fn count_handshake(shared: &Shared, policy: &TlsPolicy, version: Option<ProtocolVersion>) {
+    let (index, label) = match version {
+        Some(ProtocolVersion::TLSv1_2) => (1, "TLSv1.2"),
+        _ => (0, "TLSv1.3"),
+    };
+    let Some(slot) = policy.handshake_counters.get(index) else { return };
+    let counter = match slot.get() {
+        Some(counter) => Some(counter),
+        None => shared
+            .metrics
+            .handshake_counter(label, &policy.label)
+            .map(|counter| slot.get_or_init(|| counter)),
+    };
+    if let Some(counter) = counter {
+        counter.inc();
+    }
+}
+
+/// Sort a failed handshake into the reasons operators alert on.
+fn failure_reason(err: &std::io::Error) -> HandshakeFailure {
+    use rustls::{Error, PeerIncompatible};
+    if err.kind() == std::io::ErrorKind::UnexpectedEof || err.kind() == std::io::ErrorKind::ConnectionReset {
+        return HandshakeFailure::PeerClosed;
+    }
+    if err.kind() == std::io::ErrorKind::InvalidData && err.to_string().starts_with("PROXY protocol") {
+        return HandshakeFailure::ProxyProtocol;
+    }
+    match err.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidMessage(_)) | Some(Error::InappropriateMessage { .. }) => HandshakeFailure::NotTls,
+        Some(Error::PeerIncompatible(PeerIncompatible::Tls12NotOffered))
+        | Some(Error::PeerIncompatible(PeerIncompatible::Tls12NotOfferedOrEnabled))
+        | Some(Error::PeerIncompatible(PeerIncompatible::SupportedVersionsExtensionRequired)) => {
+            HandshakeFailure::ProtocolVersion
+        }
+        Some(Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon))
+        | Some(Error::PeerIncompatible(PeerIncompatible::NoKxGroupsInCommon))
+        | Some(Error::PeerIncompatible(PeerIncompatible::NoSignatureSchemesInCommon)) => {
+            HandshakeFailure::NoSharedCipher
+        }
+        Some(Error::InvalidCertificate(_)) | Some(Error::NoCertificatesPresented) => HandshakeFailure::BadCertificate,
+        _ => HandshakeFailure::Other,
+    }
 }
 
 fn ip_header(client: SocketAddr) -> HeaderValue {

@@ -18,6 +18,7 @@ use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_war
 use super::{Environment, Instance, Settings, Snapshot};
 use crate::access::profile::{ClientCa, Profile};
 use crate::access::ranges::RangeSet;
+use crate::logs::Target;
 use crate::access::rules::PathRules;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
@@ -80,6 +81,7 @@ struct EnvironmentDraft {
     rules: PathRules,
     forbidden_page: Option<CustomPage>,
     headers: HeaderPolicy,
+    sha256: String,
 }
 
 struct DomainDraft {
@@ -104,9 +106,31 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
     let limits = &main.value.limits;
     let upstream = &main.value.upstream;
     let forwarders = parse_ranges(main, "listen.trusted_forwarders", &listen.trusted_forwarders, errors);
+    let admin = match &listen.admin {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        Some(written) if written.get_ref() == "off" => None,
+        Some(written) => match parse_socket_addr(written.get_ref()) {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "the admin listener is not on a loopback address: metrics and /config are reachable from the network");
+                }
+                Some(addr)
+            }
+            Err(message) => {
+                errors.push(main.error_at(&written.span(), "listen.admin", format!("{message}, or \"off\"")));
+                None
+            }
+        },
+    };
+    let logging = &main.value.logging;
+    let base = main.path.parent().unwrap_or_else(|| std::path::Path::new("."));
     Settings {
         https,
         http,
+        admin,
+        access_log: Target::parse(&logging.access_log, base),
+        access_log_format: logging.access_log_format,
+        audit_log: Target::parse(&logging.audit_log, base),
         redirect_port: listen.redirect_port,
         proxy_protocol: listen.proxy_protocol,
         trusted_forwarders: RangeSet::new(&forwarders),
@@ -222,6 +246,7 @@ fn compile_environment(
         rules,
         forbidden_page,
         headers,
+        sha256: file.sha256(),
     })
 }
 
@@ -456,7 +481,7 @@ fn assemble(
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let main = &loaded.main;
     let tls_error = |err: rustls::Error| vec![ConfigError::new(&main.path, None, Some("tls"), err.to_string())];
-    let platform_policy = TlsPolicy::new(&platform, Vec::new()).map_err(tls_error)?;
+    let platform_policy = TlsPolicy::new(&platform, Vec::new(), "platform").map_err(tls_error)?;
     let mut policies = vec![platform_policy.clone()];
     let mut policy_index = HashMap::from([(platform_policy.key, 0usize)]);
     let mut routes = RouteTable::default();
@@ -467,19 +492,23 @@ fn assemble(
 
     for (index, draft) in drafts.into_iter().enumerate() {
         let client_cas = client_cas_of(&draft.rules, &profiles);
-        let mut policy_of = |certificate: &ServingCertificate| -> Result<usize, Vec<ConfigError>> {
+        let mut policy_of = |certificate: &ServingCertificate, custom: bool| -> Result<usize, Vec<ConfigError>> {
             let key = TlsPolicy::key_for(certificate, &client_cas);
             if let Some(&existing) = policy_index.get(&key) {
                 return Ok(existing);
             }
-            policies.push(TlsPolicy::new(certificate, client_cas.clone()).map_err(tls_error)?);
+            let label = match certificate.facts.dns_names.first() {
+                Some(name) if custom => format!("{}:{name}", draft.name),
+                _ => draft.name.clone(),
+            };
+            policies.push(TlsPolicy::new(certificate, client_cas.clone(), &label).map_err(tls_error)?);
             policy_index.insert(key, policies.len() - 1);
             Ok(policies.len() - 1)
         };
-        let platform_for_environment = policy_of(&platform)?;
+        let platform_for_environment = policy_of(&platform, false)?;
         let mut certificate_policy = Vec::with_capacity(draft.certificates.len());
         for (serving, _) in &draft.certificates {
-            certificate_policy.push(policy_of(serving)?);
+            certificate_policy.push(policy_of(serving, true)?);
         }
         for domain in &draft.domains {
             let policy = domain
@@ -506,6 +535,15 @@ fn assemble(
             domains: draft.domains.iter().map(|d| d.name.clone()).collect(),
             upstreams: draft.instances.iter().map(|i| i.addr.to_string()).collect(),
             certificates,
+            sha256: draft.sha256.clone(),
+            domain_expiry: draft
+                .domains
+                .iter()
+                .map(|domain| {
+                    let served = domain.certificate.and_then(|c| draft.certificates.get(c)).map_or(&platform, |(c, _)| c);
+                    (domain.name.clone(), served.facts.not_after)
+                })
+                .collect(),
         });
         let mut environment = Environment::new(draft.name.into(), draft.instances, draft.response_timeout);
         environment.rules = draft.rules;
@@ -523,6 +561,8 @@ fn assemble(
         .chain(settings.http.iter().map(|addr| format!("http://{addr}")))
         .collect();
     Ok(Snapshot {
+        sha256: loaded.sha256.clone(),
+        unrouted_metrics: Arc::default(),
         routes,
         environments,
         platform_policy,

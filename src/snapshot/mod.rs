@@ -11,6 +11,7 @@ pub mod summary;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
 use crate::config::ConfigErrors;
 use crate::headers::HeaderPolicy;
+use crate::metrics::EnvironmentMetrics;
 use crate::pages::CustomPage;
 use crate::route::{MAX_HOST_LEN, MalformedHost, Route, RouteTable, normalize_host};
 use crate::tls::policy::TlsPolicy;
@@ -36,6 +38,10 @@ pub fn load(main_file: &Path) -> Result<Snapshot, ConfigErrors> {
 
 #[derive(Debug)]
 pub struct Snapshot {
+    /// SHA-256 of the configuration files this snapshot was compiled from.
+    pub sha256: String,
+    /// Counted for requests that reach no environment.
+    pub unrouted_metrics: Arc<EnvironmentMetrics>,
     pub routes: RouteTable,
     pub environments: Vec<Environment>,
     /// The platform certificate's policy, used for no or unknown SNI.
@@ -56,6 +62,11 @@ pub struct Snapshot {
 pub struct Settings {
     pub https: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
+    /// The admin listener, if enabled.
+    pub admin: Option<SocketAddr>,
+    pub access_log: crate::logs::Target,
+    pub access_log_format: crate::logs::AccessFormat,
+    pub audit_log: crate::logs::Target,
     pub redirect_port: u16,
     pub proxy_protocol: bool,
     pub trusted_forwarders: RangeSet,
@@ -78,6 +89,8 @@ pub struct Environment {
     pub forbidden_page: Option<CustomPage>,
     /// Response headers applied to every answer for this environment.
     pub headers: HeaderPolicy,
+    /// This environment's metric series (attached when a running proxy installs the snapshot).
+    pub metrics: Arc<EnvironmentMetrics>,
     next_instance: AtomicUsize,
 }
 
@@ -98,6 +111,7 @@ impl Environment {
             rules: PathRules::default(),
             forbidden_page: None,
             headers: HeaderPolicy::default(),
+            metrics: Arc::default(),
             next_instance: AtomicUsize::new(0),
         }
     }

@@ -23,6 +23,10 @@ pub struct EnvironmentSummary {
     pub domains: Vec<String>,
     pub upstreams: Vec<String>,
     pub certificates: Vec<CertificateSummary>,
+    /// Each domain with the end of validity of the certificate served for it.
+    pub domain_expiry: Vec<(String, i64)>,
+    /// SHA-256 of the environment's file, to tell changed environments apart on reload.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone)]

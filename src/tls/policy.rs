@@ -12,6 +12,7 @@ use rustls::sign::SingleCertAndKey;
 use super::client_auth::DeferredClientAuth;
 use super::material::ServingCertificate;
 use crate::access::profile::ClientCa;
+use prometheus::IntCounter;
 
 /// The one crypto provider gatehouse uses: aws-lc-rs, for its fast AES-GCM and RSA and for the
 /// X25519MLKEM768 hybrid key exchange that current browsers offer.
@@ -39,10 +40,19 @@ pub struct TlsPolicy {
     /// The CAs client certificates are checked against on this policy's connections; empty when
     /// no certificate is asked for.
     pub client_cas: Arc<[Arc<ClientCa>]>,
+    /// Names the policy in metrics: `platform`, or the environment (and custom certificate
+    /// name) it was made for.
+    pub label: Arc<str>,
+    /// `gatehouse_tls_handshakes_total` series for TLS 1.3 and 1.2, resolved on first use.
+    pub handshake_counters: Arc<[OnceLock<IntCounter>; 2]>,
 }
 
 impl TlsPolicy {
-    pub fn new(certificate: &ServingCertificate, client_cas: Vec<Arc<ClientCa>>) -> Result<Self, rustls::Error> {
+    pub fn new(
+        certificate: &ServingCertificate,
+        client_cas: Vec<Arc<ClientCa>>,
+        label: &str,
+    ) -> Result<Self, rustls::Error> {
         let provider = crypto_provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -59,6 +69,8 @@ impl TlsPolicy {
             key: Self::key_for(certificate, &client_cas),
             server_config: Arc::new(config),
             client_cas: client_cas.into(),
+            label: label.into(),
+            handshake_counters: Arc::default(),
         })
     }
 

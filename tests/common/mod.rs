@@ -62,13 +62,17 @@ impl Fixture {
         self.ca.issue(self.dir.path(), stem, names, kind, 365)
     }
 
-    /// Write `gatehouse.toml` with ephemeral https and http listeners, the platform certificate
-    /// and `extra` appended.
+    /// Write `gatehouse.toml` with ephemeral https, http and admin listeners, the platform
+    /// certificate, logs off (unless `extra` has a `[logging]` table) and `extra` appended.
     pub fn main_config(&self, extra: &str) -> PathBuf {
+        let logging = match extra.contains("[logging]") {
+            true => "",
+            false => "[logging]\naccess_log = \"off\"\naudit_log = \"off\"\n",
+        };
         let text = format!(
             "environments = \"env/*.toml\"\n\
-             [listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:0\"]\n\
-             [tls]\ncertificate = \"platform.pem\"\nkey = \"platform.key\"\n{extra}"
+             [listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n\
+             [tls]\ncertificate = \"platform.pem\"\nkey = \"platform.key\"\n{logging}{extra}"
         );
         self.write("gatehouse.toml", &text);
         self.path("gatehouse.toml")

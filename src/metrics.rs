@@ -1,0 +1,437 @@
+//! Prometheus metrics.
+//!
+//! The families live in one registry per running proxy. The request path never looks a series up
+//! by label: each environment holds an [`EnvironmentMetrics`] whose series are resolved the first
+//! time they are needed (one registry lookup per environment and label set) and kept in
+//! `OnceLock`s, so every later recording is a lock-free atomic add. Series that never occurred are
+//! never exported, which keeps 10,000 environments' output proportional to their traffic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::access::profile::{AllowReason, Decision, DenyReason};
+use crate::snapshot::Snapshot;
+
+/// Label value for requests that matched no environment (404, 400 before routing, 421).
+/// Environment names cannot start with '_', so it cannot collide with one.
+pub const UNROUTED: &str = "_unrouted";
+
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const DECISIONS: [(&str, &str); 9] = [
+    ("allow", "open"),
+    ("allow", "range"),
+    ("allow", "certificate"),
+    ("allow", "range_and_certificate"),
+    ("deny", "deny_all"),
+    ("deny", "deny_range"),
+    ("deny", "not_in_range"),
+    ("deny", "no_certificate"),
+    ("deny", "certificate_rejected"),
+];
+
+/// Why an upstream request failed, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    Other,
+}
+
+const UPSTREAM_ERRORS: [&str; 3] = ["connect", "timeout", "other"];
+
+/// Why a TLS handshake failed, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    Timeout,
+    ProxyProtocol,
+    NotTls,
+    ProtocolVersion,
+    NoSharedCipher,
+    BadCertificate,
+    PeerClosed,
+    Other,
+}
+
+const HANDSHAKE_FAILURES: [&str; 8] = [
+    "timeout",
+    "proxy_protocol",
+    "not_tls",
+    "protocol_version",
+    "no_shared_cipher",
+    "bad_certificate",
+    "peer_closed",
+    "other",
+];
+
+/// The metric families whose series are per environment.
+#[derive(Debug)]
+struct Families {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    received_bytes: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    access_decisions: IntCounterVec,
+    upstream_errors: IntCounterVec,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    families: Arc<Families>,
+    connections: [IntGauge; 2],
+    handshakes: IntCounterVec,
+    handshake_failures: Vec<IntCounter>,
+    reloads: [IntCounter; 2],
+    generation: IntGauge,
+    last_reload: Gauge,
+    config_info: IntGaugeVec,
+    certificate_expiry: GaugeVec,
+    log_lines_dropped: IntCounter,
+    environments: Mutex<HashMap<Box<str>, Arc<EnvironmentMetrics>>>,
+}
+
+/// A registration that cannot fail for the fixed, valid names used here; kept fallible anyway.
+type Result<T> = std::result::Result<T, prometheus::Error>;
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec> {
+    let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new();
+        let families = Families {
+            requests: counter_vec(
+                &registry,
+                "gatehouse_http_requests_total",
+                "HTTP requests answered, by environment, method and status class.",
+                &["environment", "method", "status"],
+            )?,
+            request_duration: histogram_vec(
+                &registry,
+                "gatehouse_http_request_duration_seconds",
+                "Time from receiving a request to the end of its response body.",
+                &["environment"],
+            )?,
+            upstream_duration: histogram_vec(
+                &registry,
+                "gatehouse_upstream_response_duration_seconds",
+                "Time from sending a request to an app instance to receiving its response head.",
+                &["environment"],
+            )?,
+            received_bytes: counter_vec(
+                &registry,
+                "gatehouse_http_request_body_bytes_total",
+                "Request body bytes received from clients.",
+                &["environment"],
+            )?,
+            sent_bytes: counter_vec(
+                &registry,
+                "gatehouse_http_response_body_bytes_total",
+                "Response body bytes sent to clients.",
+                &["environment"],
+            )?,
+            access_decisions: counter_vec(
+                &registry,
+                "gatehouse_access_decisions_total",
+                "Access restriction decisions, by environment, outcome and reason.",
+                &["environment", "outcome", "reason"],
+            )?,
+            upstream_errors: counter_vec(
+                &registry,
+                "gatehouse_upstream_errors_total",
+                "Requests to app instances that failed, by kind (connect, timeout, other).",
+                &["environment", "kind"],
+            )?,
+        };
+        let connections_vec = IntGaugeVec::new(
+            Opts::new("gatehouse_downstream_connections", "Open client connections, by protocol."),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(connections_vec.clone()))?;
+        let handshakes = counter_vec(
+            &registry,
+            "gatehouse_tls_handshakes_total",
+            "Completed TLS handshakes, by protocol version and the TLS policy chosen by SNI.",
+            &["version", "policy"],
+        )?;
+        let failures_vec = counter_vec(
+            &registry,
+            "gatehouse_tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason.",
+            &["reason"],
+        )?;
+        let reloads_vec = counter_vec(
+            &registry,
+            "gatehouse_config_reloads_total",
+            "Attempts to load a new configuration, by result.",
+            &["result"],
+        )?;
+        let generation = IntGauge::new("gatehouse_config_generation", "Generation of the configuration in force (1 at start).")?;
+        registry.register(Box::new(generation.clone()))?;
+        let last_reload = Gauge::new(
+            "gatehouse_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was installed, in seconds since the Unix epoch.",
+        )?;
+        registry.register(Box::new(last_reload.clone()))?;
+        let config_info = IntGaugeVec::new(
+            Opts::new("gatehouse_config_info", "The configuration in force, by the SHA-256 of its files (always 1)."),
+            &["sha256"],
+        )?;
+        registry.register(Box::new(config_info.clone()))?;
+        let certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "gatehouse_certificate_expiry_timestamp_seconds",
+                "End of validity of the certificate served for each domain, in seconds since the Unix epoch.",
+            ),
+            &["environment", "domain"],
+        )?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
+        let log_lines_dropped = IntCounter::new(
+            "gatehouse_log_lines_dropped_total",
+            "Access and audit log lines dropped because the log writer fell behind.",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
+        Ok(Self {
+            connections: [connections_vec.get_metric_with_label_values(&["http1"])?, connections_vec.get_metric_with_label_values(&["http2"])?],
+            handshake_failures: HANDSHAKE_FAILURES
+                .iter()
+                .map(|reason| failures_vec.get_metric_with_label_values(&[reason]))
+                .collect::<Result<_>>()?,
+            reloads: [reloads_vec.get_metric_with_label_values(&["success"])?, reloads_vec.get_metric_with_label_values(&["failure"])?],
+            handshakes,
+            registry,
+            families: Arc::new(families),
+            generation,
+            last_reload,
+            config_info,
+            certificate_expiry,
+            log_lines_dropped,
+            environments: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for the text format's valid families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+
+    /// The handles of an environment, the same across configuration generations so that its
+    /// counters continue. Called when a snapshot is installed, never per request.
+    pub fn environment(&self, name: &str) -> Arc<EnvironmentMetrics> {
+        let mut environments = self.environments.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        environments
+            .entry(name.into())
+            .or_insert_with(|| Arc::new(EnvironmentMetrics::attached(name, self.families.clone())))
+            .clone()
+    }
+
+    /// Attach metric handles to a snapshot about to be installed, and publish what it says about
+    /// itself (generation, hash, certificate expiry).
+    pub fn adopt(&self, snapshot: &mut Snapshot, generation: u64) {
+        for environment in &mut snapshot.environments {
+            environment.metrics = self.environment(&environment.name);
+        }
+        snapshot.unrouted_metrics = self.environment(UNROUTED);
+        self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.last_reload.set(crate::snapshot::summary::unix_now() as f64);
+        self.config_info.reset();
+        if let Ok(info) = self.config_info.get_metric_with_label_values(&[&snapshot.sha256]) {
+            info.set(1);
+        }
+        self.certificate_expiry.reset();
+        for environment in &snapshot.summary.environments {
+            for (domain, not_after) in &environment.domain_expiry {
+                if let Ok(gauge) = self.certificate_expiry.get_metric_with_label_values(&[&environment.name, domain]) {
+                    gauge.set(*not_after as f64);
+                }
+            }
+        }
+    }
+
+    pub fn reload_succeeded(&self) {
+        self.reloads[0].inc();
+    }
+
+    pub fn reload_failed(&self) {
+        self.reloads[1].inc();
+    }
+
+    pub fn connection_opened(&self, http2: bool) -> ConnectionGuard {
+        let gauge = self.connections[usize::from(http2)].clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// A series of `gatehouse_tls_handshakes_total`, to be resolved once per policy.
+    pub fn handshake_counter(&self, version: &str, policy: &str) -> Option<IntCounter> {
+        self.handshakes.get_metric_with_label_values(&[version, policy]).ok()
+    }
+
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        if let Some(counter) = self.handshake_failures.get(reason as usize) {
+            counter.inc();
+        }
+    }
+
+    pub fn log_line_dropped(&self) {
+        self.log_lines_dropped.inc();
+    }
+}
+
+/// Decrements the open-connections gauge when the connection ends.
+#[derive(Debug)]
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One environment's series, resolved on first use.
+#[derive(Debug, Default)]
+pub struct EnvironmentMetrics {
+    name: Box<str>,
+    /// `None` for a snapshot that no running proxy adopted (tests, `check`): nothing is recorded.
+    families: Option<Arc<Families>>,
+    requests: [[OnceLock<IntCounter>; 5]; 8],
+    request_duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+    received_bytes: OnceLock<IntCounter>,
+    sent_bytes: OnceLock<IntCounter>,
+    decisions: [OnceLock<IntCounter>; 9],
+    upstream_errors: [OnceLock<IntCounter>; 3],
+}
+
+fn resolve<'a, M: Clone>(slot: &'a OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> Option<&'a M> {
+    if let Some(metric) = slot.get() {
+        return Some(metric);
+    }
+    let metric = lookup()?;
+    Some(slot.get_or_init(|| metric))
+}
+
+fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn decision_index(decision: Decision) -> usize {
+    match decision {
+        Decision::Allow(AllowReason::Open) => 0,
+        Decision::Allow(AllowReason::Range) => 1,
+        Decision::Allow(AllowReason::Certificate) => 2,
+        Decision::Allow(AllowReason::RangeAndCertificate) => 3,
+        Decision::Deny(DenyReason::DenyAll) => 4,
+        Decision::Deny(DenyReason::DenyRange) => 5,
+        Decision::Deny(DenyReason::NotInRange) => 6,
+        Decision::Deny(DenyReason::NoCertificate) => 7,
+        Decision::Deny(DenyReason::CertificateRejected) => 8,
+    }
+}
+
+impl EnvironmentMetrics {
+    fn attached(name: &str, families: Arc<Families>) -> Self {
+        Self {
+            name: name.into(),
+            families: Some(families),
+            ..Self::default()
+        }
+    }
+
+    fn counter(&self, slot: &OnceLock<IntCounter>, pick: impl FnOnce(&Families) -> &IntCounterVec, labels: &[&str]) {
+        let Some(families) = &self.families else { return };
+        if let Some(counter) = resolve(slot, || pick(families).get_metric_with_label_values(labels).ok()) {
+            counter.inc();
+        }
+    }
+
+    pub fn request_done(&self, method: &Method, status: StatusCode, duration: Duration) {
+        let Some(families) = &self.families else { return };
+        let method_slot = method_index(method);
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let method_label = METHODS[method_slot];
+        let slot = &self.requests[method_slot][class];
+        if let Some(counter) = resolve(slot, || {
+            families
+                .requests
+                .get_metric_with_label_values(&[&self.name, method_label, STATUS_CLASSES[class]])
+                .ok()
+        }) {
+            counter.inc();
+        }
+        if let Some(histogram) =
+            resolve(&self.request_duration, || families.request_duration.get_metric_with_label_values(&[&self.name]).ok())
+        {
+            histogram.observe(duration.as_secs_f64());
+        }
+    }
+
+    pub fn upstream_answered(&self, duration: Duration) {
+        let Some(families) = &self.families else { return };
+        if let Some(histogram) =
+            resolve(&self.upstream_duration, || families.upstream_duration.get_metric_with_label_values(&[&self.name]).ok())
+        {
+            histogram.observe(duration.as_secs_f64());
+        }
+    }
+
+    pub fn upstream_failed(&self, error: UpstreamError) {
+        let index = error as usize;
+        self.counter(&self.upstream_errors[index], |f| &f.upstream_errors, &[&self.name, UPSTREAM_ERRORS[index]]);
+    }
+
+    pub fn decided(&self, decision: Decision) {
+        let index = decision_index(decision);
+        let (outcome, reason) = DECISIONS[index];
+        self.counter(&self.decisions[index], |f| &f.access_decisions, &[&self.name, outcome, reason]);
+    }
+
+    pub fn bytes(&self, received: u64, sent: u64) {
+        let Some(families) = &self.families else { return };
+        if received > 0
+            && let Some(counter) =
+                resolve(&self.received_bytes, || families.received_bytes.get_metric_with_label_values(&[&self.name]).ok())
+        {
+            counter.inc_by(received);
+        }
+        if sent > 0
+            && let Some(counter) =
+                resolve(&self.sent_bytes, || families.sent_bytes.get_metric_with_label_values(&[&self.name]).ok())
+        {
+            counter.inc_by(sent);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Observing a request from arrival to the end of its response body: metrics and the access log
+//! line are recorded when the response body is dropped, that is when it has been sent in full or
+//! the client went away, so durations and byte counts are the real ones.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Method, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use serde::Serialize;
+
+use crate::access::profile::Decision;
+use crate::logs::{AccessFormat, LogSink, common_log_time, rfc3339_now};
+use crate::metrics::EnvironmentMetrics;
+
+/// What the request path learned about a request, for metrics and logs.
+#[derive(Debug, Default)]
+pub struct Details {
+    pub environment: Option<usize>,
+    pub client: Option<IpAddr>,
+    pub decision: Option<Decision>,
+    pub upstream: Option<(SocketAddr, Duration)>,
+}
+
+/// The fields of an access log line that are known when the response head is ready.
+#[derive(Debug)]
+pub struct AccessEntry {
+    pub request_id: HeaderValue,
+    pub environment: Option<Box<str>>,
+    pub client: IpAddr,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    pub uri: Uri,
+    pub version: Version,
+    pub tls_version: HeaderValue,
+    pub client_certificate: Option<String>,
+    pub status: StatusCode,
+    pub upstream: Option<(SocketAddr, Duration)>,
+    pub decision: Option<Decision>,
+    pub format: AccessFormat,
+}
+
+/// Everything recorded when the response body ends.
+#[derive(Debug)]
+pub struct Exchange {
+    pub started: Instant,
+    pub metrics: Arc<EnvironmentMetrics>,
+    pub method: Method,
+    pub status: StatusCode,
+    /// Present when the access log is on.
+    pub log: Option<(Box<AccessEntry>, LogSink)>,
+}
+
+/// A response body that counts what it sends and records the exchange when dropped.
+#[derive(Debug)]
+pub struct ObservedBody<B> {
+    inner: B,
+    sent: u64,
+    exchange: Option<Exchange>,
+}
+
+impl<B> ObservedBody<B> {
+    pub fn new(inner: B, exchange: Exchange) -> Self {
+        Self {
+            inner,
+            sent: 0,
+            exchange: Some(exchange),
+        }
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.sent += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for ObservedBody<B> {
+    fn drop(&mut self) {
+        let Some(exchange) = self.exchange.take() else { return };
+        let elapsed = exchange.started.elapsed();
+        exchange.metrics.request_done(&exchange.method, exchange.status, elapsed);
+        exchange.metrics.bytes(0, self.sent);
+        if let Some((entry, sink)) = exchange.log {
+            sink.write(entry.line(self.sent, elapsed));
+        }
+    }
+}
+
+/// A request body that counts what the client sent.
+#[derive(Debug)]
+pub struct CountedBody<B> {
+    inner: B,
+    received: u64,
+    metrics: Arc<EnvironmentMetrics>,
+}
+
+impl<B> CountedBody<B> {
+    pub fn new(inner: B, metrics: Arc<EnvironmentMetrics>) -> Self {
+        Self {
+            inner,
+            received: 0,
+            metrics,
+        }
+    }
+}
+
+impl<B> Body for CountedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.received += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for CountedBody<B> {
+    fn drop(&mut self) {
+        self.metrics.bytes(self.received, 0);
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    log: &'static str,
+    request_id: &'a str,
+    environment: Option<&'a str>,
+    client: String,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    protocol: &'static str,
+    tls_version: &'a str,
+    client_certificate: Option<&'a str>,
+    status: u16,
+    bytes_sent: u64,
+    duration_ms: f64,
+    upstream: Option<String>,
+    upstream_duration_ms: Option<f64>,
+    decision: Option<&'static str>,
+    decision_reason: Option<&'static str>,
+}
+
+pub fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl AccessEntry {
+    fn line(&self, sent: u64, elapsed: Duration) -> String {
+        match self.format {
+            AccessFormat::Json => self.json(sent, elapsed),
+            AccessFormat::Common => self.common(sent),
+        }
+    }
+
+    fn json(&self, sent: u64, elapsed: Duration) -> String {
+        let text = |value: &HeaderValue| std::str::from_utf8(value.as_bytes()).unwrap_or("-").to_owned();
+        let request_id = text(&self.request_id);
+        let tls_version = text(&self.tls_version);
+        let host = self.host.as_ref().map(text);
+        let line = JsonLine {
+            time: rfc3339_now(),
+            log: "access",
+            request_id: &request_id,
+            environment: self.environment.as_deref(),
+            client: self.client.to_string(),
+            method: self.method.as_str(),
+            host: host.as_deref(),
+            path: self.uri.path(),
+            protocol: protocol_name(self.version),
+            tls_version: &tls_version,
+            client_certificate: self.client_certificate.as_deref(),
+            status: self.status.as_u16(),
+            bytes_sent: sent,
+            duration_ms: millis(elapsed),
+            upstream: self.upstream.map(|(addr, _)| addr.to_string()),
+            upstream_duration_ms: self.upstream.map(|(_, duration)| millis(duration)),
+            decision: self.decision.map(|d| if d.is_allowed() { "allow" } else { "deny" }),
+            decision_reason: self.decision.map(Decision::reason),
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+
+    fn common(&self, sent: u64) -> String {
+        format!(
+            "{} - - [{}] \"{} {} {}\" {} {}",
+            self.client,
+            common_log_time(),
+            self.method,
+            self.uri.path(),
+            protocol_name(self.version),
+            self.status.as_u16(),
+            sent
+        )
+    }
+}

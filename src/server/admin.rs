@@ -1,0 +1,135 @@
+//! The admin listener, on its own address (loopback by default, never on the public
+//! listeners): `/metrics` (Prometheus text format), `/healthz` (the process is alive),
+//! `/readyz` (configuration loaded and every listener bound; 503 before and while shutting
+//! down) and `/config` (generation, hash, environments and certificate expiry; never a key).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use super::Shared;
+use crate::snapshot::summary::{CertificateSummary, unix_now};
+
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _peer: SocketAddr) {
+    let service = service_fn(move |request| {
+        let response = answer(&shared, &request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(err) = served {
+        tracing::debug!(error = %err, "admin connection ended with an error");
+    }
+}
+
+fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".to_owned());
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, shared.metrics.render());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => match shared.ready.load(Ordering::SeqCst) {
+            true => text(StatusCode::OK, "ready\n".to_owned()),
+            false => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
+        },
+        "/config" => {
+            let mut response = text(StatusCode::OK, config_json(shared));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz or /config\n".to_owned()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[derive(Serialize)]
+struct ConfigView<'a> {
+    generation: u64,
+    sha256: &'a str,
+    main_file: String,
+    platform_certificate: CertificateView<'a>,
+    environments: Vec<EnvironmentView<'a>>,
+}
+
+#[derive(Serialize)]
+struct EnvironmentView<'a> {
+    name: &'a str,
+    file: String,
+    domains: &'a [String],
+    upstreams: &'a [String],
+    certificates: Vec<CertificateView<'a>>,
+}
+
+#[derive(Serialize)]
+struct CertificateView<'a> {
+    source: &'a str,
+    subject: &'a str,
+    names: &'a [String],
+    not_after: i64,
+    days_left: i64,
+}
+
+fn certificate_view(certificate: &CertificateSummary, now: i64) -> CertificateView<'_> {
+    CertificateView {
+        source: &certificate.source,
+        subject: &certificate.subject,
+        names: &certificate.names,
+        not_after: certificate.not_after,
+        days_left: certificate.days_left(now),
+    }
+}
+
+/// What is in force, for operators: no key, no key path, no secret.
+fn config_json(shared: &Shared) -> String {
+    let snapshot = shared.snapshot.load_full();
+    let summary = &snapshot.summary;
+    let now = unix_now();
+    let view = ConfigView {
+        generation: shared.generation.load(Ordering::SeqCst),
+        sha256: &snapshot.sha256,
+        main_file: summary.main_file.display().to_string(),
+        platform_certificate: certificate_view(&summary.platform_certificate, now),
+        environments: summary
+            .environments
+            .iter()
+            .map(|environment| EnvironmentView {
+                name: &environment.name,
+                file: environment.file.display().to_string(),
+                domains: &environment.domains,
+                upstreams: &environment.upstreams,
+                certificates: environment.certificates.iter().map(|c| certificate_view(c, now)).collect(),
+            })
+            .collect(),
+    };
+    serde_json::to_string_pretty(&view).unwrap_or_default()
+}
