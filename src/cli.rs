@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::explain::{Outcome, Question};
-use crate::server::Proxy;
+use crate::server::{Proxy, ReloadTrigger};
 use crate::snapshot::{self, Snapshot};
 
 const DEFAULT_CONFIG: &str = "/etc/gatehouse/gatehouse.toml";
@@ -128,10 +128,10 @@ fn run(config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(snapshot))
+    runtime.block_on(serve(snapshot, config))
 }
 
-async fn serve(snapshot: Snapshot) -> ExitCode {
+async fn serve(snapshot: Snapshot, config: &Path) -> ExitCode {
     for warning in &snapshot.summary.warnings {
         tracing::warn!("{warning}");
     }
@@ -147,21 +147,32 @@ async fn serve(snapshot: Snapshot) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_stop_signal().await;
+    serve_until_stopped(&proxy, config).await;
     tracing::info!("stopping");
     proxy.stop_accepting();
     ExitCode::SUCCESS
 }
 
-async fn wait_for_stop_signal() {
+/// Serve until SIGTERM or SIGINT; reload on SIGHUP. (SIGUSR1 reopens log files, in `logs`.)
+async fn serve_until_stopped(proxy: &Proxy, config: &Path) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return,
+            _ = interrupt.recv() => return,
+            _ = hangup.recv() => {
+                // A refused configuration is logged and audited; the running one stays.
+                let _ = proxy.reload(config, ReloadTrigger::Signal);
+            }
+        }
     }
 }
 

@@ -148,9 +148,14 @@ pub fn rfc3339_now() -> String {
 
 /// The common log format's time: `10/Oct/2000:13:55:36 +0000`.
 pub fn common_log_time() -> String {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let now = time::OffsetDateTime::now_utc();
-    let month = MONTHS.get(usize::from(u8::from(now.month())) - 1).copied().unwrap_or("Jan");
+    let month = MONTHS
+        .get(usize::from(u8::from(now.month())) - 1)
+        .copied()
+        .unwrap_or("Jan");
     format!(
         "{:02}/{month}/{}:{:02}:{:02}:{:02} +0000",
         now.day(),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::access::profile::{AllowReason, Decision, DenyReason};
@@ -109,7 +109,9 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec> {
-    let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let buckets = vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
     let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
     registry.register(Box::new(vec.clone()))?;
     Ok(vec)
@@ -163,7 +165,10 @@ impl Metrics {
             )?,
         };
         let connections_vec = IntGaugeVec::new(
-            Opts::new("gatehouse_downstream_connections", "Open client connections, by protocol."),
+            Opts::new(
+                "gatehouse_downstream_connections",
+                "Open client connections, by protocol.",
+            ),
             &["protocol"],
         )?;
         registry.register(Box::new(connections_vec.clone()))?;
@@ -185,7 +190,10 @@ impl Metrics {
             "Attempts to load a new configuration, by result.",
             &["result"],
         )?;
-        let generation = IntGauge::new("gatehouse_config_generation", "Generation of the configuration in force (1 at start).")?;
+        let generation = IntGauge::new(
+            "gatehouse_config_generation",
+            "Generation of the configuration in force (1 at start).",
+        )?;
         registry.register(Box::new(generation.clone()))?;
         let last_reload = Gauge::new(
             "gatehouse_config_last_reload_success_timestamp_seconds",
@@ -193,7 +201,10 @@ impl Metrics {
         )?;
         registry.register(Box::new(last_reload.clone()))?;
         let config_info = IntGaugeVec::new(
-            Opts::new("gatehouse_config_info", "The configuration in force, by the SHA-256 of its files (always 1)."),
+            Opts::new(
+                "gatehouse_config_info",
+                "The configuration in force, by the SHA-256 of its files (always 1).",
+            ),
             &["sha256"],
         )?;
         registry.register(Box::new(config_info.clone()))?;
@@ -213,12 +224,18 @@ impl Metrics {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         Ok(Self {
-            connections: [connections_vec.get_metric_with_label_values(&["http1"])?, connections_vec.get_metric_with_label_values(&["http2"])?],
+            connections: [
+                connections_vec.get_metric_with_label_values(&["http1"])?,
+                connections_vec.get_metric_with_label_values(&["http2"])?,
+            ],
             handshake_failures: HANDSHAKE_FAILURES
                 .iter()
                 .map(|reason| failures_vec.get_metric_with_label_values(&[reason]))
                 .collect::<Result<_>>()?,
-            reloads: [reloads_vec.get_metric_with_label_values(&["success"])?, reloads_vec.get_metric_with_label_values(&["failure"])?],
+            reloads: [
+                reloads_vec.get_metric_with_label_values(&["success"])?,
+                reloads_vec.get_metric_with_label_values(&["failure"])?,
+            ],
             handshakes,
             registry,
             families: Arc::new(families),
@@ -242,7 +259,10 @@ impl Metrics {
     /// The handles of an environment, the same across configuration generations so that its
     /// counters continue. Called when a snapshot is installed, never per request.
     pub fn environment(&self, name: &str) -> Arc<EnvironmentMetrics> {
-        let mut environments = self.environments.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut environments = self
+            .environments
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         environments
             .entry(name.into())
             .or_insert_with(|| Arc::new(EnvironmentMetrics::attached(name, self.families.clone())))
@@ -265,7 +285,10 @@ impl Metrics {
         self.certificate_expiry.reset();
         for environment in &snapshot.summary.environments {
             for (domain, not_after) in &environment.domain_expiry {
-                if let Ok(gauge) = self.certificate_expiry.get_metric_with_label_values(&[&environment.name, domain]) {
+                if let Ok(gauge) = self
+                    .certificate_expiry
+                    .get_metric_with_label_values(&[&environment.name, domain])
+                {
                     gauge.set(*not_after as f64);
                 }
             }
@@ -327,7 +350,7 @@ pub struct EnvironmentMetrics {
     upstream_errors: [OnceLock<IntCounter>; 3],
 }
 
-fn resolve<'a, M: Clone>(slot: &'a OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> Option<&'a M> {
+fn resolve<M: Clone>(slot: &OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> Option<&M> {
     if let Some(metric) = slot.get() {
         return Some(metric);
     }
@@ -392,44 +415,60 @@ impl EnvironmentMetrics {
         }) {
             counter.inc();
         }
-        if let Some(histogram) =
-            resolve(&self.request_duration, || families.request_duration.get_metric_with_label_values(&[&self.name]).ok())
-        {
+        if let Some(histogram) = resolve(&self.request_duration, || {
+            families
+                .request_duration
+                .get_metric_with_label_values(&[&self.name])
+                .ok()
+        }) {
             histogram.observe(duration.as_secs_f64());
         }
     }
 
     pub fn upstream_answered(&self, duration: Duration) {
         let Some(families) = &self.families else { return };
-        if let Some(histogram) =
-            resolve(&self.upstream_duration, || families.upstream_duration.get_metric_with_label_values(&[&self.name]).ok())
-        {
+        if let Some(histogram) = resolve(&self.upstream_duration, || {
+            families
+                .upstream_duration
+                .get_metric_with_label_values(&[&self.name])
+                .ok()
+        }) {
             histogram.observe(duration.as_secs_f64());
         }
     }
 
     pub fn upstream_failed(&self, error: UpstreamError) {
         let index = error as usize;
-        self.counter(&self.upstream_errors[index], |f| &f.upstream_errors, &[&self.name, UPSTREAM_ERRORS[index]]);
+        self.counter(
+            &self.upstream_errors[index],
+            |f| &f.upstream_errors,
+            &[&self.name, UPSTREAM_ERRORS[index]],
+        );
     }
 
     pub fn decided(&self, decision: Decision) {
         let index = decision_index(decision);
         let (outcome, reason) = DECISIONS[index];
-        self.counter(&self.decisions[index], |f| &f.access_decisions, &[&self.name, outcome, reason]);
+        self.counter(
+            &self.decisions[index],
+            |f| &f.access_decisions,
+            &[&self.name, outcome, reason],
+        );
     }
 
     pub fn bytes(&self, received: u64, sent: u64) {
         let Some(families) = &self.families else { return };
         if received > 0
-            && let Some(counter) =
-                resolve(&self.received_bytes, || families.received_bytes.get_metric_with_label_values(&[&self.name]).ok())
+            && let Some(counter) = resolve(&self.received_bytes, || {
+                families.received_bytes.get_metric_with_label_values(&[&self.name]).ok()
+            })
         {
             counter.inc_by(received);
         }
         if sent > 0
-            && let Some(counter) =
-                resolve(&self.sent_bytes, || families.sent_bytes.get_metric_with_label_values(&[&self.name]).ok())
+            && let Some(counter) = resolve(&self.sent_bytes, || {
+                families.sent_bytes.get_metric_with_label_values(&[&self.name]).ok()
+            })
         {
             counter.inc_by(sent);
         }

@@ -64,7 +64,8 @@ pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         }
     }
     if errors.is_empty() {
-        let sha256 = digest(std::iter::once((&main.path, &main.text)).chain(environments.iter().map(|f| (&f.path, &f.text))));
+        let sha256 =
+            digest(std::iter::once((&main.path, &main.text)).chain(environments.iter().map(|f| (&f.path, &f.text))));
         Ok(LoadedConfig {
             main,
             environments,
@@ -83,7 +84,12 @@ fn digest<'a>(files: impl Iterator<Item = (&'a PathBuf, &'a String)>) -> String 
         context.update(text.as_bytes());
         context.update(&[0]);
     }
-    context.finish().as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+    context
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, ConfigErrors> {

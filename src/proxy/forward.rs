@@ -14,14 +14,12 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::ConnectionInfo;
 use super::client_address::ClientAddress;
 use super::observe::{CountedBody, Details};
-use crate::metrics::UpstreamError;
 use super::upgrade;
+use super::{ConnectionInfo, RequestContext};
+use crate::metrics::UpstreamError;
 use crate::pages::{ResponseBody, page};
-use crate::server::Shared;
-use crate::snapshot::Environment;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -70,15 +68,18 @@ const GATEHOUSE_SETS: [HeaderName; 8] = [
 
 /// Send `request` to an instance of `environment` and stream the answer back.
 pub async fn forward(
-    shared: &Shared,
-    connection: &ConnectionInfo,
-    client: &ClientAddress,
-    environment: &Environment,
+    context: &RequestContext<'_>,
     host: HeaderValue,
-    request_id: HeaderValue,
     mut request: Request<Incoming>,
     details: &mut Details,
 ) -> Response<ResponseBody> {
+    let RequestContext {
+        shared,
+        connection,
+        environment,
+        client,
+        request_id,
+    } = *context;
     let Some(instance) = environment.pick_instance() else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
@@ -91,7 +92,7 @@ pub async fn forward(
     };
     let from_http2 = parts.version == Version::HTTP_2;
     rewrite_request_headers(&mut parts.headers, from_http2);
-    set_forwarding_headers(&mut parts.headers, connection, client, host, request_id);
+    set_forwarding_headers(&mut parts.headers, connection, client, host, request_id.clone());
     if let Some(protocol) = upgrade_protocol {
         upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
     }
@@ -112,7 +113,11 @@ pub async fn forward(
         }
         Ok(Err(err)) => {
             tracing::warn!(environment = %environment.name, instance = %instance.addr, error = %err, "upstream request failed");
-            let kind = if err.is_connect() { UpstreamError::Connect } else { UpstreamError::Other };
+            let kind = if err.is_connect() {
+                UpstreamError::Connect
+            } else {
+                UpstreamError::Other
+            };
             environment.metrics.upstream_failed(kind);
             return page(StatusCode::BAD_GATEWAY);
         }

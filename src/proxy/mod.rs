@@ -137,7 +137,16 @@ pub async fn handle(
     let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
     let host = request_host(&request).ok();
     let mut details = Details::default();
-    let response = respond(shared, connection, &snapshot, host.clone(), request_id.clone(), request, &mut details).await;
+    let response = respond(
+        shared,
+        connection,
+        &snapshot,
+        host.clone(),
+        request_id.clone(),
+        request,
+        &mut details,
+    )
+    .await;
 
     let environment = details.environment.and_then(|index| snapshot.environments.get(index));
     let metrics = environment.map_or_else(|| snapshot.unrouted_metrics.clone(), |env| env.metrics.clone());
@@ -190,7 +199,10 @@ async fn respond(
     };
     // A connection may only carry hosts served under the TLS terms it was opened with; HTTP/2
     // clients reuse connections for every name a certificate covers.
-    let same_policy = snapshot.policies.get(route.policy).is_some_and(|policy| policy.key == connection.policy);
+    let same_policy = snapshot
+        .policies
+        .get(route.policy)
+        .is_some_and(|policy| policy.key == connection.policy);
     if !same_policy {
         return page(StatusCode::MISDIRECTED_REQUEST);
     }
@@ -198,32 +210,54 @@ async fn respond(
         return page(StatusCode::NOT_FOUND);
     };
     details.environment = Some(route.environment);
-    let client = client_address::resolve(connection.client.ip(), request.headers(), &snapshot.settings.trusted_forwarders);
+    let client = client_address::resolve(
+        connection.client.ip(),
+        request.headers(),
+        &snapshot.settings.trusted_forwarders,
+    );
     details.client = Some(client.ip);
-    let refusal = check_access(shared, snapshot, environment, connection, &client, &host, &request_id, &request, details);
-    let mut response = match refusal {
+    let context = RequestContext {
+        shared,
+        connection,
+        environment,
+        client: &client,
+        request_id: &request_id,
+    };
+    let mut response = match check_access(&context, snapshot, &host, &request, details) {
         Some(refusal) => refusal,
-        None => forward::forward(shared, connection, &client, environment, host, request_id, request, details).await,
+        None => forward::forward(&context, host, request, details).await,
     };
     // The environment's header policy covers its every answer, gatehouse's own pages included.
     environment.headers.apply(response.headers_mut());
     response
 }
 
+/// What the later phases of a routed request share.
+#[derive(Clone, Copy)]
+pub struct RequestContext<'a> {
+    pub shared: &'a Shared,
+    pub connection: &'a ConnectionInfo,
+    pub environment: &'a Environment,
+    pub client: &'a ClientAddress,
+    pub request_id: &'a HeaderValue,
+}
+
 /// Apply the environment's access rules. `Some` is the answer for a refused request, which
 /// then never reaches the app.
-#[allow(clippy::too_many_arguments)]
 fn check_access<B>(
-    shared: &Shared,
+    context: &RequestContext<'_>,
     snapshot: &Snapshot,
-    environment: &Environment,
-    connection: &ConnectionInfo,
-    client: &ClientAddress,
     host: &HeaderValue,
-    request_id: &HeaderValue,
     request: &Request<B>,
     details: &mut Details,
 ) -> Option<Response<ResponseBody>> {
+    let RequestContext {
+        shared,
+        connection,
+        environment,
+        client,
+        request_id,
+    } = *context;
     let path = request.uri().path();
     let evaluation = access::evaluate(&snapshot.profiles, &environment.rules, path, client.ip, |ca| {
         connection.certificate_status(ca)
@@ -236,7 +270,16 @@ fn check_access<B>(
                 return None;
             }
             let rule = evaluation.rule.map_or("", |rule| rule.prefix);
-            audit_denial(shared, environment, client.ip, host, path, rule, evaluation.decision, request_id);
+            audit_denial(
+                shared,
+                environment,
+                client.ip,
+                host,
+                path,
+                rule,
+                evaluation.decision,
+                request_id,
+            );
             Some(match &environment.forbidden_page {
                 Some(custom) => custom.respond(StatusCode::FORBIDDEN),
                 None => page(StatusCode::FORBIDDEN),

@@ -104,7 +104,9 @@ impl<B> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         let Some(exchange) = self.exchange.take() else { return };
         let elapsed = exchange.started.elapsed();
-        exchange.metrics.request_done(&exchange.method, exchange.status, elapsed);
+        exchange
+            .metrics
+            .request_done(&exchange.method, exchange.status, elapsed);
         exchange.metrics.bytes(0, self.sent);
         if let Some((entry, sink)) = exchange.log {
             sink.write(entry.line(self.sent, elapsed));

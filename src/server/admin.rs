@@ -55,20 +55,28 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
         },
         "/config" => {
             let mut response = text(StatusCode::OK, config_json(shared));
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz or /config\n".to_owned()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz or /config\n".to_owned(),
+        ),
     }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -127,7 +135,11 @@ fn config_json(shared: &Shared) -> String {
                 file: environment.file.display().to_string(),
                 domains: &environment.domains,
                 upstreams: &environment.upstreams,
-                certificates: environment.certificates.iter().map(|c| certificate_view(c, now)).collect(),
+                certificates: environment
+                    .certificates
+                    .iter()
+                    .map(|c| certificate_view(c, now))
+                    .collect(),
             })
             .collect(),
     };

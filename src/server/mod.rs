@@ -75,6 +75,8 @@ pub struct Proxy {
     http_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The admin listener outlives `stop_accepting`, so that `/readyz` can say 503 while draining.
+    admin_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -103,11 +105,16 @@ impl Proxy {
             accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), tls::serve)));
         }
         for socket in http {
-            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), redirect::serve)));
+            accept_tasks.push(tokio::spawn(listener::accept_loop(
+                socket,
+                shared.clone(),
+                redirect::serve,
+            )));
         }
-        for socket in admin {
-            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), admin::serve)));
-        }
+        let admin_tasks = admin
+            .into_iter()
+            .map(|socket| tokio::spawn(listener::accept_loop(socket, shared.clone(), admin::serve)))
+            .collect();
         for addr in &https_addrs {
             tracing::info!(%addr, "listening for https");
         }
@@ -124,6 +131,7 @@ impl Proxy {
             http_addrs,
             admin_addr,
             accept_tasks,
+            admin_tasks,
         })
     }
 
@@ -164,7 +172,10 @@ impl Proxy {
             Err(errors) => {
                 self.shared.metrics.reload_failed();
                 for error in &errors.0 {
-                    tracing::error!(trigger = trigger.as_str(), "reload refused, the running configuration stays: {error}");
+                    tracing::error!(
+                        trigger = trigger.as_str(),
+                        "reload refused, the running configuration stays: {error}"
+                    );
                 }
                 self.audit_reload(trigger, &old.sha256, None, None, Some(errors.to_string()));
                 Err(errors)
@@ -194,7 +205,9 @@ impl Proxy {
             changes,
             error,
         };
-        self.shared.audit_log.write(serde_json::to_string(&line).unwrap_or_default());
+        self.shared
+            .audit_log
+            .write(serde_json::to_string(&line).unwrap_or_default());
     }
 
     /// The configuration currently in force.
@@ -215,6 +228,9 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop_accepting();
+        for task in &self.admin_tasks {
+            task.abort();
+        }
     }
 }
 

@@ -78,7 +78,9 @@ fn count_handshake(shared: &Shared, policy: &TlsPolicy, version: Option<Protocol
         Some(ProtocolVersion::TLSv1_2) => (1, "TLSv1.2"),
         _ => (0, "TLSv1.3"),
     };
-    let Some(slot) = policy.handshake_counters.get(index) else { return };
+    let Some(slot) = policy.handshake_counters.get(index) else {
+        return;
+    };
     let counter = match slot.get() {
         Some(counter) => Some(counter),
         None => shared

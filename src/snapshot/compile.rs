@@ -18,11 +18,11 @@ use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_war
 use super::{Environment, Instance, Settings, Snapshot};
 use crate::access::profile::{ClientCa, Profile};
 use crate::access::ranges::RangeSet;
-use crate::logs::Target;
 use crate::access::rules::PathRules;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
 use crate::headers::HeaderPolicy;
+use crate::logs::Target;
 use crate::pages::CustomPage;
 use crate::route::{Route, RouteTable};
 use crate::tls::material::ServingCertificate;
@@ -540,7 +540,10 @@ fn assemble(
                 .domains
                 .iter()
                 .map(|domain| {
-                    let served = domain.certificate.and_then(|c| draft.certificates.get(c)).map_or(&platform, |(c, _)| c);
+                    let served = domain
+                        .certificate
+                        .and_then(|c| draft.certificates.get(c))
+                        .map_or(&platform, |(c, _)| c);
                     (domain.name.clone(), served.facts.not_after)
                 })
                 .collect(),

@@ -1,0 +1,365 @@
+//! Observability: exact metrics after a known sequence, valid exposition (promtool), readiness,
+//! access log fields, audit log, and no secrets in /config.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::pki::{Ca, ClientSpec};
+use common::upstream::Upstream;
+use common::{Fixture, Running, WAIT, environment_toml, get, h1_over, send_h1};
+use http::StatusCode;
+
+async fn admin_get(running: &Running, path: &str) -> common::Answer {
+    let addr = running.proxy.admin_addr().expect("admin listener");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sender = h1_over(tcp).await;
+    send_h1(&mut sender, get("localhost", path)).await
+}
+
+/// The samples of an exposition, keyed by `name{label="value",...}` with labels sorted.
+fn samples(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                labels.sort();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => series.to_owned(),
+        };
+        samples.insert(key, value.parse().unwrap());
+    }
+    samples
+}
+
+/// Scrape until `ready(samples)` holds (metrics are recorded when a response body ends, which
+/// can be a moment after the client has read it), at most `WAIT`.
+async fn scrape_until(
+    running: &Running,
+    ready: impl Fn(&HashMap<String, f64>) -> bool,
+) -> (String, HashMap<String, f64>) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let text = admin_get(running, "/metrics").await.text();
+        let parsed = samples(&text);
+        if ready(&parsed) || started.elapsed() > WAIT {
+            return (text, parsed);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const PROFILES: &str = "[profiles.office]\nranges = [\"192.0.2.0/24\"]\n";
+
+#[tokio::test]
+async fn metrics_count_a_known_sequence_exactly() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    fixture.main_config(PROFILES);
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "[access]\n\"/office/\" = \"office\"\n",
+        ),
+    );
+    fixture.environment("dead", &environment_toml("dead", &["dead.apps.test"], &[dead], ""));
+    let running = fixture.start().await;
+
+    let mut shop = running.h1("shop.apps.test").await;
+    for path in ["/", "/download/1000"] {
+        assert_eq!(
+            send_h1(&mut shop, get("shop.apps.test", path)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send_h1(&mut shop, get("shop.apps.test", "/office/")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(running.get("dead.apps.test", "/").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        send_h1(&mut shop, get("nowhere.example", "/")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // One good reload, then a broken file that is refused.
+    let main = fixture.path("gatehouse.toml");
+    running
+        .proxy
+        .reload(&main, gatehouse::server::ReloadTrigger::Api)
+        .unwrap();
+    fixture.environment(
+        "broken",
+        "name = \"broken\"\ndomains = [\"x.apps.test\"]\nupstreams = [\"not an address\"]\n",
+    );
+    assert!(
+        running
+            .proxy
+            .reload(&main, gatehouse::server::ReloadTrigger::Api)
+            .is_err()
+    );
+
+    let expected = [
+        (
+            "gatehouse_http_requests_total{environment=\"shop\",method=\"GET\",status=\"2xx\"}",
+            2.0,
+        ),
+        (
+            "gatehouse_http_requests_total{environment=\"shop\",method=\"GET\",status=\"4xx\"}",
+            1.0,
+        ),
+        (
+            "gatehouse_http_requests_total{environment=\"dead\",method=\"GET\",status=\"5xx\"}",
+            1.0,
+        ),
+        (
+            "gatehouse_http_requests_total{environment=\"_unrouted\",method=\"GET\",status=\"4xx\"}",
+            1.0,
+        ),
+        (
+            "gatehouse_access_decisions_total{environment=\"shop\",outcome=\"allow\",reason=\"open\"}",
+            2.0,
+        ),
+        (
+            "gatehouse_access_decisions_total{environment=\"shop\",outcome=\"deny\",reason=\"not_in_range\"}",
+            1.0,
+        ),
+        (
+            "gatehouse_upstream_errors_total{environment=\"dead\",kind=\"connect\"}",
+            1.0,
+        ),
+        ("gatehouse_http_response_body_bytes_total{environment=\"shop\"}", -1.0),
+        (
+            "gatehouse_upstream_response_duration_seconds_count{environment=\"shop\"}",
+            2.0,
+        ),
+        (
+            "gatehouse_http_request_duration_seconds_count{environment=\"shop\"}",
+            3.0,
+        ),
+        (
+            "gatehouse_tls_handshakes_total{policy=\"platform\",version=\"TLSv1.3\"}",
+            2.0,
+        ),
+        ("gatehouse_config_reloads_total{result=\"success\"}", 1.0),
+        ("gatehouse_config_reloads_total{result=\"failure\"}", 1.0),
+        ("gatehouse_config_generation", 2.0),
+        ("gatehouse_downstream_connections{protocol=\"http1\"}", -1.0),
+    ];
+    let (text, parsed) = scrape_until(&running, |s| {
+        expected
+            .iter()
+            .all(|(key, value)| *value < 0.0 || s.get(*key) == Some(value))
+    })
+    .await;
+    for (key, value) in expected {
+        let found = parsed.get(key).copied();
+        match value < 0.0 {
+            true => assert!(found.is_some(), "{key} missing in\n{text}"),
+            false => assert_eq!(found, Some(value), "{key} in\n{text}"),
+        }
+    }
+    // The body bytes sent to the shop's clients include the 1000-byte download.
+    assert!(parsed["gatehouse_http_response_body_bytes_total{environment=\"shop\"}"] >= 1000.0);
+    // Certificate expiry per environment and domain, for alerting 14 days ahead.
+    let expiry =
+        parsed["gatehouse_certificate_expiry_timestamp_seconds{domain=\"shop.apps.test\",environment=\"shop\"}"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now + 300.0 * 86400.0 && expiry < now + 366.0 * 86400.0,
+        "{expiry}"
+    );
+    assert!(
+        parsed.contains_key("process_resident_memory_bytes"),
+        "process metrics missing"
+    );
+    // Nothing is labelled by path or client address.
+    assert!(!text.contains("office/") && !text.contains("127.0.0.1"), "{text}");
+}
+
+#[tokio::test]
+async fn exposition_passes_promtool() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    assert_eq!(running.get("shop.apps.test", "/").await.status, StatusCode::OK);
+    let (text, _) = scrape_until(&running, |s| {
+        s.keys().any(|k| k.starts_with("gatehouse_http_requests_total"))
+    })
+    .await;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "promtool: {report}\n{text}");
+}
+
+#[tokio::test]
+async fn readyz_reports_ready_then_503_when_stopping_while_healthz_stays_ok() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    assert_eq!(admin_get(&running, "/readyz").await.status, StatusCode::OK);
+    assert_eq!(admin_get(&running, "/healthz").await.status, StatusCode::OK);
+    running.proxy.stop_accepting();
+    assert_eq!(
+        admin_get(&running, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(admin_get(&running, "/healthz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn config_endpoint_shows_what_is_in_force_and_no_secret() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.issue("www.shop.example", &["www.shop.example"], common::pki::KeyKind::Ecdsa);
+    fixture.main_config("");
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test", "www.shop.example"],
+            &[app.addr],
+            "[[certificates]]\ncertificate = \"../www.shop.example.pem\"\nkey = \"../www.shop.example.key\"\n",
+        ),
+    );
+    let running = fixture.start().await;
+    let answer = admin_get(&running, "/config").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let config: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(config["generation"], 1);
+    assert_eq!(config["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(config["environments"][0]["name"], "shop");
+    assert_eq!(config["environments"][0]["domains"][1], "www.shop.example");
+    assert!(
+        config["environments"][0]["certificates"][0]["days_left"]
+            .as_i64()
+            .unwrap()
+            >= 364
+    );
+    let text = answer.text();
+    for secret in ["PRIVATE KEY", ".key", "BEGIN"] {
+        assert!(!text.contains(secret), "/config shows {secret:?}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn access_log_line_of_an_mtls_request_has_every_field_and_denials_are_audited() {
+    let fixture = Fixture::new();
+    let partner = Ca::new("Partner CA");
+    fixture.write("partner-ca.pem", &partner.pem);
+    let app = Upstream::start("shop").await;
+    fixture.main_config(
+        "[logging]\naccess_log = \"access.log\"\naudit_log = \"audit.log\"\n\
+         [profiles.partner]\nclient_ca = \"partner-ca.pem\"\n[profiles.office]\nranges = [\"192.0.2.0/24\"]\n",
+    );
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "[access]\n\"/partner/\" = \"partner\"\n\"/office/\" = \"office\"\n",
+        ),
+    );
+    let running = fixture.start().await;
+    let client = partner.issue_client(ClientSpec {
+        subject: &[(rcgen::DnType::CommonName, "partner app")],
+        ..ClientSpec::default()
+    });
+    let mut sender = running.h1_as("shop.apps.test", Some(&client)).await;
+    assert_eq!(
+        send_h1(&mut sender, get("shop.apps.test", "/partner/report?secret=1"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_h1(&mut sender, get("shop.apps.test", "/office/")).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let read_lines = |file: &str, count: usize| {
+        let path = fixture.path(file);
+        async move {
+            let started = tokio::time::Instant::now();
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+                if lines.len() >= count || started.elapsed() > WAIT {
+                    return lines;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let access = read_lines("access.log", 2).await;
+    assert_eq!(access.len(), 2, "{access:?}");
+    let line = &access[0];
+    assert_eq!(line["log"], "access");
+    assert_eq!(line["environment"], "shop");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["host"], "shop.apps.test");
+    assert_eq!(line["path"], "/partner/report", "the query string is not logged");
+    assert_eq!(line["protocol"], "HTTP/1.1");
+    assert_eq!(line["tls_version"], "TLSv1.3");
+    assert_eq!(line["client_certificate"], "CN=partner app");
+    assert_eq!(line["status"], 200);
+    assert!(line["bytes_sent"].as_u64().unwrap() > 0);
+    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(line["upstream_duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(line["upstream"], app.addr.to_string());
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["decision_reason"], "certificate");
+    assert_eq!(line["request_id"].as_str().unwrap().len(), 32);
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(access[1]["status"], 403);
+    assert_eq!(access[1]["decision"], "deny");
+
+    running
+        .proxy
+        .reload(&fixture.path("gatehouse.toml"), gatehouse::server::ReloadTrigger::Api)
+        .unwrap();
+    let audit = read_lines("audit.log", 2).await;
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(audit[0]["event"], "access_denied");
+    assert_eq!(audit[0]["reason"], "not_in_range");
+    assert_eq!(audit[0]["path"], "/office/");
+    assert_eq!(audit[0]["rule"], "/office/");
+    assert_eq!(audit[1]["event"], "config_reload");
+    assert_eq!(audit[1]["result"], "success");
+    assert_eq!(audit[1]["trigger"], "api");
+    assert_eq!(audit[1]["old_sha256"], audit[1]["new_sha256"]);
+}
