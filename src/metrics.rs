@@ -96,6 +96,7 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     certificate_expiry: GaugeVec,
     log_lines_dropped: IntCounter,
+    upstream_connections: IntGauge,
     environments: Mutex<HashMap<Box<str>, Arc<EnvironmentMetrics>>>,
 }
 
@@ -221,6 +222,11 @@ impl Metrics {
             "Access and audit log lines dropped because the log writer fell behind.",
         )?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
+        let upstream_connections = IntGauge::new(
+            "gatehouse_upstream_connections",
+            "Open connections to app instances, idle in the keep-alive pool or in use.",
+        )?;
+        registry.register(Box::new(upstream_connections.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         Ok(Self {
@@ -244,6 +250,7 @@ impl Metrics {
             config_info,
             certificate_expiry,
             log_lines_dropped,
+            upstream_connections,
             environments: Mutex::new(HashMap::new()),
         })
     }
@@ -318,6 +325,11 @@ impl Metrics {
         if let Some(counter) = self.handshake_failures.get(reason as usize) {
             counter.inc();
         }
+    }
+
+    /// The gauge the upstream pool keeps current.
+    pub fn upstream_connections(&self) -> IntGauge {
+        self.upstream_connections.clone()
     }
 
     pub fn log_line_dropped(&self) {

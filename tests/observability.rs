@@ -160,6 +160,7 @@ async fn metrics_count_a_known_sequence_exactly() {
         ("gatehouse_config_reloads_total{result=\"success\"}", 1.0),
         ("gatehouse_config_reloads_total{result=\"failure\"}", 1.0),
         ("gatehouse_config_generation", 2.0),
+        ("gatehouse_upstream_connections", -1.0),
         ("gatehouse_downstream_connections{protocol=\"http1\"}", -1.0),
     ];
     let (text, parsed) = scrape_until(&running, |s| {
@@ -192,6 +193,8 @@ async fn metrics_count_a_known_sequence_exactly() {
         parsed.contains_key("process_resident_memory_bytes"),
         "process metrics missing"
     );
+    // The shop's keep-alive connection stays in the pool.
+    assert!(parsed["gatehouse_upstream_connections"] >= 1.0, "{text}");
     // Nothing is labelled by path or client address.
     assert!(!text.contains("office/") && !text.contains("127.0.0.1"), "{text}");
 }
@@ -362,4 +365,65 @@ async fn access_log_line_of_an_mtls_request_has_every_field_and_denials_are_audi
     assert_eq!(audit[1]["result"], "success");
     assert_eq!(audit[1]["trigger"], "api");
     assert_eq!(audit[1]["old_sha256"], audit[1]["new_sha256"]);
+}
+
+async fn lines_of(path: std::path::PathBuf, count: usize) -> Vec<String> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= count || started.elapsed() > WAIT {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn common_log_format_and_reopening_the_file_on_sigusr1() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture
+        .main_config("[logging]\naccess_log = \"access.log\"\naccess_log_format = \"common\"\naudit_log = \"off\"\n");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    assert_eq!(running.get("shop.apps.test", "/first").await.status, StatusCode::OK);
+    let lines = lines_of(fixture.path("access.log"), 1).await;
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+    assert!(
+        lines[0].contains(" +0000] \"GET /first HTTP/1.1\" 200 "),
+        "{}",
+        lines[0]
+    );
+
+    // logrotate moves the file away, then signals: new lines go to a new file at the old path.
+    std::fs::rename(fixture.path("access.log"), fixture.path("access.log.1")).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = tokio::time::Instant::now();
+    while !fixture.path("access.log").exists() && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(running.get("shop.apps.test", "/second").await.status, StatusCode::OK);
+    let lines = lines_of(fixture.path("access.log"), 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("GET /second"), "{}", lines[0]);
+    assert_eq!(lines_of(fixture.path("access.log.1"), 1).await.len(), 1);
+}
+
+#[test]
+fn shipped_alert_rules_are_valid() {
+    let output = std::process::Command::new("promtool")
+        .args([
+            "check",
+            "rules",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/alerts.yml"),
+        ])
+        .output()
+        .expect("promtool (Debian package prometheus) must be installed");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }

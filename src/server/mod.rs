@@ -88,7 +88,7 @@ impl Proxy {
         let metrics = Arc::new(Metrics::new()?);
         metrics.adopt(&mut snapshot, 1);
         let shared = Arc::new(Shared {
-            upstream: upstream::client(&snapshot.settings),
+            upstream: upstream::client(&snapshot.settings, metrics.upstream_connections()),
             access_log: LogSink::start(snapshot.settings.access_log.clone(), metrics.clone()),
             audit_log: LogSink::start(snapshot.settings.audit_log.clone(), metrics.clone()),
             snapshot: ArcSwap::from_pointee(snapshot),
