@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sd_notify::NotifyState;
 
 use crate::explain::{Outcome, Question};
 use crate::server::{Proxy, ReloadTrigger};
@@ -147,9 +148,18 @@ async fn serve(snapshot: Snapshot, config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tell_systemd(&[NotifyState::Ready]);
     serve_until_stopped(&proxy, config).await;
-    tracing::info!("stopping");
-    proxy.stop_accepting();
+    tell_systemd(&[NotifyState::Stopping]);
+    tracing::info!("stopping: finishing requests in flight");
+    let left = proxy.shutdown().await;
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "drain time is up; closing the connections still open"
+        );
+    }
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
@@ -169,18 +179,32 @@ async fn serve_until_stopped(proxy: &Proxy, config: &Path) {
             _ = terminate.recv() => return,
             _ = interrupt.recv() => return,
             _ = hangup.recv() => {
+                let mut reloading = vec![NotifyState::Reloading];
+                reloading.extend(NotifyState::monotonic_usec_now().ok());
+                tell_systemd(&reloading);
                 // A refused configuration is logged and audited; the running one stays.
                 let _ = proxy.reload(config, ReloadTrigger::Signal);
+                tell_systemd(&[NotifyState::Ready]);
             }
         }
+    }
+}
+
+/// Tell systemd (`Type=notify`) how the service is doing; nothing without `NOTIFY_SOCKET`.
+fn tell_systemd(states: &[NotifyState]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::warn!(error = %err, "cannot notify systemd");
     }
 }
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: journald and files get plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colours)
         .init();
 }

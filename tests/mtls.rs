@@ -243,7 +243,7 @@ async fn a_ca_swapped_in_by_a_new_snapshot_applies_to_the_next_request_on_an_ope
     // terms, where the same certificate is refused.
     setup.fixture.write("partner-ca.pem", &setup.other_ca.pem);
     let snapshot = gatehouse::snapshot::load(&setup.fixture.path("gatehouse.toml")).unwrap();
-    setup.running.proxy.install(snapshot);
+    setup.running.proxy().install(snapshot);
     assert_eq!(
         send_h1(&mut sender, get("shop.apps.test", "/partner/")).await.status,
         StatusCode::MISDIRECTED_REQUEST

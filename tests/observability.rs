@@ -12,7 +12,7 @@ use common::{Fixture, Running, WAIT, environment_toml, get, h1_over, send_h1};
 use http::StatusCode;
 
 async fn admin_get(running: &Running, path: &str) -> common::Answer {
-    let addr = running.proxy.admin_addr().expect("admin listener");
+    let addr = running.proxy().admin_addr().expect("admin listener");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut sender = h1_over(tcp).await;
     send_h1(&mut sender, get("localhost", path)).await
@@ -234,7 +234,7 @@ async fn readyz_reports_ready_then_503_when_stopping_while_healthz_stays_ok() {
     let running = fixture.start().await;
     assert_eq!(admin_get(&running, "/readyz").await.status, StatusCode::OK);
     assert_eq!(admin_get(&running, "/healthz").await.status, StatusCode::OK);
-    running.proxy.stop_accepting();
+    running.proxy().stop_accepting();
     assert_eq!(
         admin_get(&running, "/readyz").await.status,
         StatusCode::SERVICE_UNAVAILABLE

@@ -25,14 +25,14 @@ async fn installed_snapshot_applies_to_the_next_request_on_an_open_connection() 
     );
     fixture.environment("new", &environment_toml("new", &["new.apps.test"], &[blue.addr], ""));
     let snapshot = gatehouse::snapshot::load(&fixture.path("gatehouse.toml")).unwrap();
-    running.proxy.install(snapshot);
+    running.proxy().install(snapshot);
 
     let answer = send_h1(&mut sender, get("shop.apps.test", "/")).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header("x-upstream"), Some("green"));
     let answer = send_h1(&mut sender, get("new.apps.test", "/")).await;
     assert_eq!(answer.header("x-upstream"), Some("blue"));
-    assert_eq!(running.proxy.snapshot().environments.len(), 2);
+    assert_eq!(running.proxy().snapshot().environments.len(), 2);
 }
 
 #[tokio::test]

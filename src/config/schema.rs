@@ -130,6 +130,13 @@ pub struct LimitsSection {
     /// Time allowed for a client to send a complete request head (HTTP/1.1).
     #[serde(default = "default_header_read_timeout")]
     pub request_header_timeout: ConfigDuration,
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
+    #[serde(default = "default_drain_timeout")]
+    pub shutdown_drain_timeout: ConfigDuration,
+}
+
+fn default_drain_timeout() -> ConfigDuration {
+    ConfigDuration::secs(30)
 }
 
 impl Default for LimitsSection {
@@ -137,6 +144,7 @@ impl Default for LimitsSection {
         Self {
             tls_handshake_timeout: default_handshake_timeout(),
             request_header_timeout: default_header_read_timeout(),
+            shutdown_drain_timeout: default_drain_timeout(),
         }
     }
 }

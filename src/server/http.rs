@@ -34,7 +34,8 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
     } else {
         builder.http1_only()
     };
-    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    if let Err(err) = super::drain::serve_until_drained(&shared, connection).await {
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }

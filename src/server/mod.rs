@@ -5,6 +5,7 @@
 //! every new handshake and request reads the new one while in-flight work finishes on the old.
 
 mod admin;
+mod drain;
 mod http;
 mod listener;
 mod proxy_protocol;
@@ -16,7 +17,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -41,6 +43,10 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Generation of the snapshot in force: 1 at start, +1 per installed snapshot.
     pub generation: AtomicU64,
+    /// Set once the proxy stops: every connection finishes gracefully.
+    pub draining: tokio::sync::watch::Sender<bool>,
+    /// Client connections being served (after the TLS handshake), for the drain to wait on.
+    pub open_connections: AtomicUsize,
 }
 
 /// Why the proxy could not start.
@@ -96,6 +102,8 @@ impl Proxy {
             metrics,
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(1),
+            draining: tokio::sync::watch::Sender::new(false),
+            open_connections: AtomicUsize::new(0),
         });
         let https_addrs = listener::local_addrs(&https);
         let http_addrs = listener::local_addrs(&http);
@@ -213,6 +221,31 @@ impl Proxy {
     /// The configuration currently in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()
+    }
+
+    /// Stop gracefully: stop accepting, report not ready, ask every open connection to finish
+    /// (idle keep-alive connections close at once, HTTP/2 ones get GOAWAY), and wait for them up
+    /// to the drain time. Returns the number of connections still open when it gave up.
+    pub async fn shutdown(&self) -> usize {
+        self.stop_accepting();
+        let drain_timeout = self.shared.snapshot.load().settings.shutdown_drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        // The listening sockets close when their (aborted) accept tasks end.
+        while !self.accept_tasks.iter().all(JoinHandle::is_finished) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.shared.draining.send_replace(true);
+        tracing::info!(
+            connections = self.shared.open_connections.load(Ordering::SeqCst),
+            "listeners closed; draining open connections"
+        );
+        loop {
+            let open = self.shared.open_connections.load(Ordering::SeqCst);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stop accepting connections and report not ready. Connections already open are served to

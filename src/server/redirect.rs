@@ -32,15 +32,16 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
             return;
         }
     }
+    let shared_for_drain = shared.clone();
     let service = service_fn(move |request| {
         let response = redirect(&shared, &request);
         async move { Ok::<_, Infallible>(response) }
     });
-    let served = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    let served = super::drain::serve_until_drained(&shared_for_drain, connection).await;
     if let Err(err) = served {
         tracing::debug!(error = %err, "plain-http connection ended with an error");
     }

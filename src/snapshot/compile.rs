@@ -136,6 +136,7 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
         trusted_forwarders: RangeSet::new(&forwarders),
         tls_handshake_timeout: limits.tls_handshake_timeout.0,
         request_header_timeout: limits.request_header_timeout.0,
+        shutdown_drain_timeout: limits.shutdown_drain_timeout.0,
         upstream_connect_timeout: upstream.connect_timeout.0,
         pool_idle_timeout: upstream.pool_idle_timeout.0,
         pool_max_idle_per_instance: upstream.pool_max_idle_per_instance,

@@ -72,6 +72,7 @@ pub struct Settings {
     pub trusted_forwarders: RangeSet,
     pub tls_handshake_timeout: Duration,
     pub request_header_timeout: Duration,
+    pub shutdown_drain_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_instance: usize,

@@ -91,7 +91,7 @@ impl Fixture {
         Running {
             https: proxy.https_addrs()[0],
             http: proxy.http_addrs().first().copied(),
-            proxy,
+            proxy_slot: Some(proxy),
             roots: self.ca.der.clone(),
         }
     }
@@ -115,7 +115,8 @@ pub fn environment_toml(name: &str, domains: &[&str], upstreams: &[SocketAddr], 
 }
 
 pub struct Running {
-    pub proxy: Proxy,
+    /// The in-process proxy; `None` when the tests talk to a gatehouse process.
+    proxy_slot: Option<Proxy>,
     pub https: SocketAddr,
     pub http: Option<SocketAddr>,
     pub roots: CertificateDer<'static>,
@@ -130,6 +131,23 @@ pub struct Connect<'a> {
 }
 
 impl Running {
+    /// The in-process proxy.
+    pub fn proxy(&self) -> &Proxy {
+        self.proxy_slot
+            .as_ref()
+            .expect("this gatehouse runs in another process")
+    }
+
+    /// Clients for a gatehouse running elsewhere (another process) at `https`.
+    pub fn client_only(https: SocketAddr, roots: CertificateDer<'static>) -> Self {
+        Self {
+            proxy_slot: None,
+            https,
+            http: None,
+            roots,
+        }
+    }
+
     pub async fn tls(&self, connect: Connect<'_>) -> TlsStream<TcpStream> {
         self.tls_as(connect, None).await
     }

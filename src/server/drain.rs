@@ -1,0 +1,68 @@
+//! Graceful shutdown of open connections. When the proxy stops, every connection is told to
+//! finish: HTTP/1.1 connections close once their request in flight is answered (idle ones at
+//! once), HTTP/2 connections send GOAWAY and finish their open streams. The proxy waits for them
+//! up to the configured drain time.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+
+use super::Shared;
+
+/// A connection future that can be asked to finish gracefully.
+pub trait GracefulConnection: Future {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S> GracefulConnection for hyper::server::conn::http1::Connection<I, S>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct Open<'a>(&'a Shared);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serve `connection` to its end, finishing it gracefully if the proxy starts draining.
+pub async fn serve_until_drained<C: GracefulConnection>(shared: &Shared, connection: C) -> C::Output {
+    shared.open_connections.fetch_add(1, Ordering::SeqCst);
+    let _open = Open(shared);
+    let mut draining = shared.draining.subscribe();
+    let mut connection = pin!(connection);
+    tokio::select! {
+        output = connection.as_mut() => return output,
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
+}

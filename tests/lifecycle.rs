@@ -1,0 +1,218 @@
+//! The process as systemd runs it: READY/RELOADING/STOPPING notifications, SIGHUP reloads,
+//! SIGTERM lets the request in flight finish and then exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::upstream::Upstream;
+use common::{Fixture, environment_toml, get, send_h1};
+use http::StatusCode;
+
+struct Gatehouse {
+    child: Child,
+    https: std::net::SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Gatehouse {
+    /// Start the binary and wait for it to report its https address.
+    fn start(fixture: &Fixture, notify_socket: Option<&std::path::Path>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        command
+            .args(["run", "--config"])
+            .arg(fixture.path("gatehouse.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(socket) = notify_socket {
+            command.env("NOTIFY_SOCKET", socket);
+        }
+        let mut child = command.spawn().unwrap();
+        let (lines, stderr) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let https = loop {
+            let line = stderr
+                .recv_timeout(common::WAIT)
+                .expect("gatehouse did not report its https listener");
+            if let Some(addr) = line.split("listening for https addr=").nth(1) {
+                break addr.trim().parse().unwrap();
+            }
+        };
+        Self { child, https, stderr }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for a stderr line containing `text`.
+    fn wait_for_log(&self, text: &str) -> String {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(common::WAIT)
+                .unwrap_or_else(|_| panic!("no log line with {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    fn wait_exit(mut self) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < common::WAIT, "gatehouse did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Clients for the child process, using the harness's TLS helpers.
+fn running(fixture: &Fixture, https: std::net::SocketAddr) -> common::Running {
+    common::Running::client_only(https, fixture.ca.der.clone())
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("slow").await;
+    fixture.main_config("");
+    fixture.environment("slow", &environment_toml("slow", &["slow.apps.test"], &[app.addr], ""));
+    let gatehouse = Gatehouse::start(&fixture, None);
+    let client = running(&fixture, gatehouse.https);
+    let mut sender = client.h1("slow.apps.test").await;
+    let in_flight = tokio::spawn(async move { send_h1(&mut sender, get("slow.apps.test", "/slow")).await });
+    let started = tokio::time::Instant::now();
+    while app.requests() == 0 {
+        assert!(
+            started.elapsed() < common::WAIT,
+            "the slow request never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gatehouse.signal("TERM");
+    gatehouse.wait_for_log("listeners closed; draining");
+    // New connections are refused while the old request finishes.
+    assert!(tokio::net::TcpStream::connect(gatehouse.https).await.is_err());
+    let answer = tokio::time::timeout(common::WAIT, in_flight).await.unwrap().unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "slow answer");
+    let status = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn systemd_is_told_ready_reloading_and_stopping_and_sighup_reloads() {
+    let fixture = Fixture::new();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    fixture.main_config("");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[blue.addr], ""));
+    let socket_path = fixture.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(common::WAIT)).unwrap();
+    let receive = || {
+        let mut buffer = [0u8; 512];
+        let len = socket.recv(&mut buffer).expect("no notification from gatehouse");
+        String::from_utf8_lossy(&buffer[..len]).into_owned()
+    };
+    let gatehouse = Gatehouse::start(&fixture, Some(&socket_path));
+    assert_eq!(receive(), "READY=1\n");
+    let client = running(&fixture, gatehouse.https);
+    assert_eq!(
+        client.get("shop.apps.test", "/").await.header("x-upstream"),
+        Some("blue")
+    );
+
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[green.addr], ""),
+    );
+    gatehouse.signal("HUP");
+    let reloading = receive();
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+    assert_eq!(receive(), "READY=1\n");
+    assert_eq!(
+        client.get("shop.apps.test", "/").await.header("x-upstream"),
+        Some("green")
+    );
+
+    // A broken file is refused; the running configuration keeps serving.
+    fixture.environment("shop", "name = \"shop\"\ndomains = [\"shop.apps.test\"\n");
+    gatehouse.signal("HUP");
+    let _ = receive();
+    assert_eq!(receive(), "READY=1\n");
+    gatehouse.wait_for_log("reload refused");
+    assert_eq!(
+        client.get("shop.apps.test", "/").await.header("x-upstream"),
+        Some("green")
+    );
+
+    gatehouse.signal("TERM");
+    assert_eq!(receive(), "STOPPING=1\n");
+    let status = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn idle_keep_alive_and_http2_connections_are_closed_at_once_on_sigterm() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    // A long drain time: only closing the idle connections at once lets the process end quickly.
+    fixture.main_config("[limits]\nshutdown_drain_timeout = \"1h\"\n");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let gatehouse = Gatehouse::start(&fixture, None);
+    let client = running(&fixture, gatehouse.https);
+    let mut h1 = client.h1("shop.apps.test").await;
+    assert_eq!(
+        send_h1(&mut h1, get("shop.apps.test", "/")).await.status,
+        StatusCode::OK
+    );
+    let mut h2 = client.h2("shop.apps.test").await;
+    let request = http::Request::get("https://shop.apps.test/")
+        .body(http_body_util::BodyExt::boxed(http_body_util::Empty::new()))
+        .unwrap();
+    assert_eq!(common::send_h2(&mut h2, request).await.status, StatusCode::OK);
+
+    gatehouse.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // Both connections were closed by the server (HTTP/2 with GOAWAY).
+    let started = tokio::time::Instant::now();
+    while !(h1.is_closed() && h2.is_closed()) {
+        assert!(started.elapsed() < common::WAIT, "client connections still open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
