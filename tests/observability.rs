@@ -101,7 +101,7 @@ async fn metrics_count_a_known_sequence_exactly() {
     // One good reload, then a broken file that is refused.
     let main = fixture.path("gatehouse.toml");
     running
-        .proxy
+        .proxy()
         .reload(&main, gatehouse::server::ReloadTrigger::Api)
         .unwrap();
     fixture.environment(
@@ -110,7 +110,7 @@ async fn metrics_count_a_known_sequence_exactly() {
     );
     assert!(
         running
-            .proxy
+            .proxy()
             .reload(&main, gatehouse::server::ReloadTrigger::Api)
             .is_err()
     );
@@ -352,7 +352,7 @@ async fn access_log_line_of_an_mtls_request_has_every_field_and_denials_are_audi
     assert_eq!(access[1]["decision"], "deny");
 
     running
-        .proxy
+        .proxy()
         .reload(&fixture.path("gatehouse.toml"), gatehouse::server::ReloadTrigger::Api)
         .unwrap();
     let audit = read_lines("audit.log", 2).await;

@@ -55,7 +55,7 @@ async fn a_tightened_profile_applies_to_the_next_request_on_an_open_connection()
 
     fixture.main_config(&profiles.replace("127.0.0.0/8", "192.0.2.0/24"));
     running
-        .proxy
+        .proxy()
         .install(gatehouse::snapshot::load(&fixture.path("gatehouse.toml")).unwrap());
     assert_eq!(
         send_h1(&mut sender, get("shop.apps.test", "/")).await.status,
