@@ -148,6 +148,12 @@ async fn serve(snapshot: Snapshot, config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _watcher = match proxy.snapshot().settings.watch_files {
+        true => crate::watch::spawn(proxy.shared(), config.to_path_buf())
+            .map_err(|err| tracing::warn!(error = %err, "cannot watch configuration files; reload with SIGHUP"))
+            .ok(),
+        false => None,
+    };
     tell_systemd(&[NotifyState::Ready]);
     serve_until_stopped(&proxy, config).await;
     tell_systemd(&[NotifyState::Stopping]);

@@ -51,6 +51,52 @@ pub struct LoadedConfig {
     pub sha256: String,
 }
 
+impl LoadedConfig {
+    /// Every file the configuration reads (configuration, certificates, keys, CA bundles, pages),
+    /// as absolute paths: what a file watcher must watch.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let main = &self.main;
+        let tls = &main.value.tls;
+        let mut files = vec![main.path.clone()];
+        files.extend(
+            tls.certificate
+                .iter()
+                .chain(tls.key.iter())
+                .map(|p| main.resolve(p.get_ref())),
+        );
+        for profile in main.value.profiles.values() {
+            files.extend(profile.get_ref().client_ca.iter().map(|p| main.resolve(p.get_ref())));
+        }
+        for environment in &self.environments {
+            files.push(environment.path.clone());
+            for entry in &environment.value.certificates {
+                files.push(environment.resolve(entry.certificate.get_ref()));
+                files.push(environment.resolve(entry.key.get_ref()));
+            }
+            files.extend(
+                environment
+                    .value
+                    .forbidden_page
+                    .iter()
+                    .map(|p| environment.resolve(p.get_ref())),
+            );
+        }
+        files
+            .into_iter()
+            .map(|path| std::path::absolute(&path).unwrap_or(path))
+            .collect()
+    }
+
+    /// The folder the environment glob looks in (where new environment files appear).
+    pub fn environment_dir(&self) -> PathBuf {
+        let dir = self.main.path.parent().unwrap_or_else(|| Path::new("."));
+        let pattern = self.main.value.environments.get_ref();
+        let glob_dir = Path::new(pattern).parent().unwrap_or_else(|| Path::new(""));
+        let joined = dir.join(glob_dir);
+        std::path::absolute(&joined).unwrap_or(joined)
+    }
+}
+
 /// Read and parse the main file and all environment files. Syntax and type errors of every file
 /// are collected before returning.
 pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {

@@ -25,9 +25,41 @@ pub struct MainFile {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub logging: LoggingSection,
+    #[serde(default)]
+    pub reload: ReloadSection,
     /// Named access restriction profiles, usable by every environment.
     #[serde(default)]
     pub profiles: BTreeMap<String, Spanned<ProfileSection>>,
+}
+
+/// `[reload]`: reloading when configuration files change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSection {
+    /// Watch every file the configuration uses and reload when one changes.
+    #[serde(default = "default_true")]
+    pub watch_files: bool,
+    /// Quiet time after the last change before reloading, so that an editor's save (often
+    /// several writes and renames) is one reload.
+    #[serde(default = "default_watch_debounce")]
+    pub watch_debounce: ConfigDuration,
+}
+
+impl Default for ReloadSection {
+    fn default() -> Self {
+        Self {
+            watch_files: true,
+            watch_debounce: default_watch_debounce(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_watch_debounce() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(500))
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,6 +49,68 @@ pub struct Shared {
     pub open_connections: AtomicUsize,
 }
 
+impl Shared {
+    /// Make `snapshot` the configuration for every request and handshake from now on.
+    pub fn install(&self, mut snapshot: Snapshot) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.metrics.adopt(&mut snapshot, generation);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Load, validate and compile the configuration at `main_file` off the request path, and
+    /// install it only if all of it is valid. Counted, and written to the audit log either way.
+    pub fn reload(&self, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
+        let old = self.snapshot.load_full();
+        match crate::snapshot::load(main_file) {
+            Ok(snapshot) => {
+                let changes = Changes::between(&old, &snapshot);
+                let new_sha256 = snapshot.sha256.clone();
+                self.install(snapshot);
+                self.metrics.reload_succeeded();
+                tracing::info!(trigger = trigger.as_str(), sha256 = %new_sha256, "configuration reloaded");
+                self.audit_reload(trigger, &old.sha256, Some(&new_sha256), Some(changes), None);
+                Ok(())
+            }
+            Err(errors) => {
+                self.metrics.reload_failed();
+                for error in &errors.0 {
+                    tracing::error!(
+                        trigger = trigger.as_str(),
+                        "reload refused, the running configuration stays: {error}"
+                    );
+                }
+                self.audit_reload(trigger, &old.sha256, None, None, Some(errors.to_string()));
+                Err(errors)
+            }
+        }
+    }
+
+    fn audit_reload(
+        &self,
+        trigger: ReloadTrigger,
+        old: &str,
+        new: Option<&str>,
+        changes: Option<Changes>,
+        error: Option<String>,
+    ) {
+        if !self.audit_log.enabled() {
+            return;
+        }
+        let line = ReloadLine {
+            time: crate::logs::rfc3339_now(),
+            log: "audit",
+            event: "config_reload",
+            trigger: trigger.as_str(),
+            result: if error.is_none() { "success" } else { "failure" },
+            old_sha256: old,
+            new_sha256: new,
+            changes,
+            error,
+        };
+        self.audit_log.write(serde_json::to_string(&line).unwrap_or_default());
+    }
+}
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -62,6 +124,8 @@ pub enum StartError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadTrigger {
     Signal,
+    FileChange,
+    Admin,
     Api,
 }
 
@@ -69,6 +133,8 @@ impl ReloadTrigger {
     fn as_str(self) -> &'static str {
         match self {
             Self::Signal => "signal",
+            Self::FileChange => "file_change",
+            Self::Admin => "admin",
             Self::Api => "api",
         }
     }
@@ -157,65 +223,19 @@ impl Proxy {
     }
 
     /// Make `snapshot` the configuration for every request and handshake from now on.
-    pub fn install(&self, mut snapshot: Snapshot) {
-        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.shared.metrics.adopt(&mut snapshot, generation);
-        self.shared.snapshot.store(Arc::new(snapshot));
+    pub fn install(&self, snapshot: Snapshot) {
+        self.shared.install(snapshot);
     }
 
     /// Load, validate and compile the configuration at `main_file` off the request path, and
     /// install it only if all of it is valid. Counted, and written to the audit log either way.
     pub fn reload(&self, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
-        let old = self.shared.snapshot.load_full();
-        match crate::snapshot::load(main_file) {
-            Ok(snapshot) => {
-                let changes = Changes::between(&old, &snapshot);
-                let new_sha256 = snapshot.sha256.clone();
-                self.install(snapshot);
-                self.shared.metrics.reload_succeeded();
-                tracing::info!(trigger = trigger.as_str(), sha256 = %new_sha256, "configuration reloaded");
-                self.audit_reload(trigger, &old.sha256, Some(&new_sha256), Some(changes), None);
-                Ok(())
-            }
-            Err(errors) => {
-                self.shared.metrics.reload_failed();
-                for error in &errors.0 {
-                    tracing::error!(
-                        trigger = trigger.as_str(),
-                        "reload refused, the running configuration stays: {error}"
-                    );
-                }
-                self.audit_reload(trigger, &old.sha256, None, None, Some(errors.to_string()));
-                Err(errors)
-            }
-        }
+        self.shared.reload(main_file, trigger)
     }
 
-    fn audit_reload(
-        &self,
-        trigger: ReloadTrigger,
-        old: &str,
-        new: Option<&str>,
-        changes: Option<Changes>,
-        error: Option<String>,
-    ) {
-        if !self.shared.audit_log.enabled() {
-            return;
-        }
-        let line = ReloadLine {
-            time: crate::logs::rfc3339_now(),
-            log: "audit",
-            event: "config_reload",
-            trigger: trigger.as_str(),
-            result: if error.is_none() { "success" } else { "failure" },
-            old_sha256: old,
-            new_sha256: new,
-            changes,
-            error,
-        };
-        self.shared
-            .audit_log
-            .write(serde_json::to_string(&line).unwrap_or_default());
+    /// The state shared with connections, for reload triggers that run on their own tasks.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The configuration currently in force.

@@ -26,7 +26,7 @@ use crate::logs::Target;
 use crate::pages::CustomPage;
 use crate::route::{Route, RouteTable};
 use crate::tls::material::ServingCertificate;
-use crate::tls::policy::{TlsPolicy, crypto_provider};
+use crate::tls::policy::{CertificateRole, TlsPolicy, crypto_provider};
 
 /// Compile loaded configuration files into a snapshot, or report every problem found.
 pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
@@ -137,6 +137,8 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
         tls_handshake_timeout: limits.tls_handshake_timeout.0,
         request_header_timeout: limits.request_header_timeout.0,
         shutdown_drain_timeout: limits.shutdown_drain_timeout.0,
+        watch_files: main.value.reload.watch_files,
+        watch_debounce: main.value.reload.watch_debounce.0,
         upstream_connect_timeout: upstream.connect_timeout.0,
         pool_idle_timeout: upstream.pool_idle_timeout.0,
         pool_max_idle_per_instance: upstream.pool_max_idle_per_instance,
@@ -482,7 +484,8 @@ fn assemble(
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let main = &loaded.main;
     let tls_error = |err: rustls::Error| vec![ConfigError::new(&main.path, None, Some("tls"), err.to_string())];
-    let platform_policy = TlsPolicy::new(&platform, Vec::new(), "platform").map_err(tls_error)?;
+    let platform_policy =
+        TlsPolicy::new(&platform, CertificateRole::Platform, Vec::new(), "platform").map_err(tls_error)?;
     let mut policies = vec![platform_policy.clone()];
     let mut policy_index = HashMap::from([(platform_policy.key, 0usize)]);
     let mut routes = RouteTable::default();
@@ -494,7 +497,12 @@ fn assemble(
     for (index, draft) in drafts.into_iter().enumerate() {
         let client_cas = client_cas_of(&draft.rules, &profiles);
         let mut policy_of = |certificate: &ServingCertificate, custom: bool| -> Result<usize, Vec<ConfigError>> {
-            let key = TlsPolicy::key_for(certificate, &client_cas);
+            let role = if custom {
+                CertificateRole::Custom
+            } else {
+                CertificateRole::Platform
+            };
+            let key = TlsPolicy::key_for(certificate, role, &client_cas);
             if let Some(&existing) = policy_index.get(&key) {
                 return Ok(existing);
             }
@@ -502,7 +510,7 @@ fn assemble(
                 Some(name) if custom => format!("{}:{name}", draft.name),
                 _ => draft.name.clone(),
             };
-            policies.push(TlsPolicy::new(certificate, client_cas.clone(), &label).map_err(tls_error)?);
+            policies.push(TlsPolicy::new(certificate, role, client_cas.clone(), &label).map_err(tls_error)?);
             policy_index.insert(key, policies.len() - 1);
             Ok(policies.len() - 1)
         };
@@ -566,6 +574,8 @@ fn assemble(
         .collect();
     Ok(Snapshot {
         sha256: loaded.sha256.clone(),
+        inputs: loaded.input_files(),
+        environment_dir: loaded.environment_dir(),
         unrouted_metrics: Arc::default(),
         routes,
         environments,

@@ -40,6 +40,10 @@ pub fn load(main_file: &Path) -> Result<Snapshot, ConfigErrors> {
 pub struct Snapshot {
     /// SHA-256 of the configuration files this snapshot was compiled from.
     pub sha256: String,
+    /// Every file the configuration read, absolute, and the environment files' folder: what a
+    /// file watcher watches.
+    pub inputs: Vec<std::path::PathBuf>,
+    pub environment_dir: std::path::PathBuf,
     /// Counted for requests that reach no environment.
     pub unrouted_metrics: Arc<EnvironmentMetrics>,
     pub routes: RouteTable,
@@ -73,6 +77,8 @@ pub struct Settings {
     pub tls_handshake_timeout: Duration,
     pub request_header_timeout: Duration,
     pub shutdown_drain_timeout: Duration,
+    pub watch_files: bool,
+    pub watch_debounce: Duration,
     pub upstream_connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_instance: usize,

@@ -26,11 +26,19 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// ALPN protocols offered to clients, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Identifies a TLS policy by content (certificate and client CAs), so that the same terms give
-/// the same key in every snapshot and a connection opened before a reload is judged correctly
-/// after it.
+/// Identifies a TLS policy by its terms, so that the same terms give the same key in every
+/// snapshot and a connection opened before a reload is judged correctly after it. The terms are
+/// which certificate (the platform one, or a custom one by the names it carries, so that a renewed
+/// certificate keeps its key) and which client CAs (a different CA is different terms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyKey(pub u64);
+
+/// Whether a policy serves the platform certificate or a customer's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertificateRole {
+    Platform,
+    Custom,
+}
 
 /// One compiled TLS policy.
 #[derive(Debug, Clone)]
@@ -50,6 +58,7 @@ pub struct TlsPolicy {
 impl TlsPolicy {
     pub fn new(
         certificate: &ServingCertificate,
+        role: CertificateRole,
         client_cas: Vec<Arc<ClientCa>>,
         label: &str,
     ) -> Result<Self, rustls::Error> {
@@ -66,7 +75,7 @@ impl TlsPolicy {
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
         Ok(Self {
-            key: Self::key_for(certificate, &client_cas),
+            key: Self::key_for(certificate, role, &client_cas),
             server_config: Arc::new(config),
             client_cas: client_cas.into(),
             label: label.into(),
@@ -75,9 +84,14 @@ impl TlsPolicy {
     }
 
     /// The key of the policy that `certificate` with `client_cas` makes.
-    pub fn key_for(certificate: &ServingCertificate, client_cas: &[Arc<ClientCa>]) -> PolicyKey {
+    pub fn key_for(certificate: &ServingCertificate, role: CertificateRole, client_cas: &[Arc<ClientCa>]) -> PolicyKey {
         let mut hasher = DefaultHasher::new();
-        certificate.fingerprint.hash(&mut hasher);
+        role.hash(&mut hasher);
+        if role == CertificateRole::Custom {
+            let mut names: Vec<&str> = certificate.facts.dns_names.iter().map(String::as_str).collect();
+            names.sort_unstable();
+            names.hash(&mut hasher);
+        }
         for ca in client_cas {
             ca.id.hash(&mut hasher);
         }

@@ -1,0 +1,219 @@
+//! Reloads never lose a request: under load, 50 reloads alternate two configurations, every
+//! request succeeds and every answer carries the headers of exactly one configuration. Broken
+//! files are refused and the old configuration keeps serving; rotated certificates are seen by
+//! the next handshake.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::pki::KeyKind;
+use common::upstream::Upstream;
+use common::{Connect, Fixture, environment_toml, get, send_h1, send_h2};
+use gatehouse::server::ReloadTrigger;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+
+fn headers(flavour: &str, frame: &str) -> String {
+    format!(
+        "[response_headers]\nX-Frame-Options = \"{frame}\"\n[custom_response_headers]\nX-Config = \"{flavour}\"\nX-Config-Twin = \"{flavour}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_load_lose_no_request_and_never_mix_configurations() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    let config = |flavour: &str, frame: &str| {
+        environment_toml("shop", &["shop.apps.test"], &[app.addr], &headers(flavour, frame))
+    };
+    fixture.environment("shop", &config("a", "DENY"));
+    let running = Arc::new(fixture.start().await);
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Two HTTP/1.1 keep-alive clients and one HTTP/2 client with concurrent streams.
+    let mut workers = Vec::new();
+    for worker in 0..3 {
+        let running = running.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let check = |answer: common::Answer, seen: &mut Vec<(String, String)>| {
+                assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+                let flavour = answer.header("x-config").unwrap().to_owned();
+                let twin = answer.header("x-config-twin").unwrap();
+                let frame = answer.header("x-frame-options").unwrap().to_owned();
+                assert_eq!(flavour, twin, "headers of two configurations in one answer");
+                let expected_frame = if flavour == "a" { "DENY" } else { "SAMEORIGIN" };
+                assert_eq!(frame, expected_frame, "headers of two configurations in one answer");
+                seen.push((flavour, frame));
+            };
+            if worker < 2 {
+                let mut sender = running.h1("shop.apps.test").await;
+                while !stop.load(Ordering::SeqCst) && seen.len() < 5000 {
+                    check(send_h1(&mut sender, get("shop.apps.test", "/")).await, &mut seen);
+                }
+            } else {
+                let sender = running.h2("shop.apps.test").await;
+                while !stop.load(Ordering::SeqCst) && seen.len() < 5000 {
+                    let mut batch = Vec::new();
+                    for _ in 0..8 {
+                        let mut sender = sender.clone();
+                        let request = Request::get("https://shop.apps.test/")
+                            .body(Empty::new().boxed())
+                            .unwrap();
+                        batch.push(tokio::spawn(async move { send_h2(&mut sender, request).await }));
+                    }
+                    for answer in batch {
+                        check(answer.await.unwrap(), &mut seen);
+                    }
+                }
+            }
+            seen
+        }));
+    }
+
+    let main = fixture.path("gatehouse.toml");
+    for round in 0..50 {
+        let (flavour, frame) = if round % 2 == 0 {
+            ("b", "SAMEORIGIN")
+        } else {
+            ("a", "DENY")
+        };
+        fixture.environment("shop", &config(flavour, frame));
+        running.proxy().reload(&main, ReloadTrigger::Api).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    let mut flavours = std::collections::HashSet::new();
+    for worker in workers {
+        let seen = worker.await.unwrap();
+        total += seen.len();
+        flavours.extend(seen.into_iter().map(|(flavour, _)| flavour));
+    }
+    assert!(total >= 500, "only {total} requests ran during the reloads");
+    assert_eq!(flavours.len(), 2, "both configurations served: {flavours:?}");
+    assert_eq!(running.proxy().snapshot().summary.environments.len(), 1);
+}
+
+#[tokio::test]
+async fn broken_files_are_refused_and_the_running_configuration_keeps_serving() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    let good = environment_toml("shop", &["shop.apps.test"], &[app.addr], "");
+    fixture.environment("shop", &good);
+    let running = fixture.start().await;
+    let main = fixture.path("gatehouse.toml");
+    let other = fixture.issue("other", &["www.other.example"], KeyKind::Ecdsa);
+    let mismatched_key = format!("{good}[[certificates]]\ncertificate = \"../other.pem\"\nkey = \"../platform.key\"\n");
+    let bad_certificate = format!("{good}[[certificates]]\ncertificate = \"../garbage.pem\"\nkey = \"../other.key\"\n");
+    fixture.write(
+        "garbage.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    let half_written = &good[..good.len() / 2];
+    for broken in [
+        half_written.to_owned(),
+        "name = [".to_owned(),
+        mismatched_key,
+        bad_certificate,
+    ] {
+        fixture.environment("shop", &broken);
+        let errors = running.proxy().reload(&main, ReloadTrigger::Api).unwrap_err();
+        assert!(!errors.0.is_empty());
+        let answer = running.get("shop.apps.test", "/").await;
+        assert_eq!(answer.status, StatusCode::OK, "after refusing:\n{broken}");
+    }
+    assert_eq!(
+        running.proxy().snapshot().summary.environments[0].domains,
+        ["shop.apps.test"]
+    );
+    drop(other);
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_seen_by_the_next_handshake() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    let connect = || Connect {
+        server_name: "shop.apps.test",
+        send_sni: true,
+        alpn: &[b"http/1.1"],
+    };
+    let before = running.tls(connect()).await;
+    let first = before.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(first, fixture.platform.der);
+    let mut open_connection = common::h1_over(before).await;
+
+    // The platform certificate files are replaced (as a certificate manager would), then reloaded.
+    let rotated = fixture.ca.issue(
+        fixture.dir.path(),
+        "platform",
+        &common::PLATFORM_NAMES,
+        KeyKind::Rsa,
+        90,
+    );
+    running
+        .proxy()
+        .reload(&fixture.path("gatehouse.toml"), ReloadTrigger::Api)
+        .unwrap();
+    let after = running.tls(connect()).await;
+    assert_eq!(after.get_ref().1.peer_certificates().unwrap()[0], rotated.der);
+    assert_ne!(rotated.der, first);
+    // A renewed certificate is the same TLS terms: the connection opened before keeps working.
+    let answer = send_h1(&mut open_connection, get("shop.apps.test", "/")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+}
+
+/// Poll the in-process proxy until `host` is answered by `upstream` (bounded by `WAIT`).
+async fn wait_for_upstream(running: &common::Running, host: &str, upstream: &str) -> bool {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < common::WAIT {
+        if running.get(host, "/").await.header("x-upstream") == Some(upstream) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_changed_or_new_file_is_reloaded_and_a_half_written_one_never_takes_effect() {
+    let fixture = Fixture::new();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    fixture.main_config("[reload]\nwatch_debounce = \"100ms\"\n");
+    let good = environment_toml("shop", &["shop.apps.test"], &[green.addr], "");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[blue.addr], ""));
+    let running = fixture.start().await;
+    let _watcher = gatehouse::watch::spawn(running.proxy().shared(), fixture.path("gatehouse.toml")).unwrap();
+
+    // Half a file, left long enough for the watcher to try it: refused, blue keeps serving.
+    fixture.environment("shop", &good[..good.len() - 12]);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        running.get("shop.apps.test", "/").await.header("x-upstream"),
+        Some("blue")
+    );
+    // The rest of the file arrives: green.
+    fixture.environment("shop", &good);
+    assert!(
+        wait_for_upstream(&running, "shop.apps.test", "green").await,
+        "the change was not reloaded"
+    );
+
+    // A new environment file is picked up too.
+    fixture.environment("new", &environment_toml("new", &["new.apps.test"], &[blue.addr], ""));
+    assert!(
+        wait_for_upstream(&running, "new.apps.test", "blue").await,
+        "the new file was not reloaded"
+    );
+    assert_eq!(running.proxy().snapshot().summary.environments.len(), 2);
+}
