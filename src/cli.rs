@@ -33,6 +33,9 @@ enum Command {
     Run,
     /// Validate the configuration as a start would, print a summary, and exit.
     Check,
+    /// Validate the configuration, then ask the running instance (through its admin listener)
+    /// to reload it. Exit status: 0 reloaded, 1 refused or unreachable.
+    Reload,
     /// Say which environment, rule and profile a request would meet, and whether it would pass.
     /// Exit status: 0 allowed, 3 denied, 4 not routed (404/400), 1 configuration error.
     Explain {
@@ -56,6 +59,7 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
+        Command::Reload => reload(&cli.config),
         Command::Explain {
             host,
             path,
@@ -81,6 +85,44 @@ fn check(config: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("configuration {} is invalid:\n{errors}", config.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reload(config: &Path) -> ExitCode {
+    let snapshot = match snapshot::load(config) {
+        Ok(snapshot) => snapshot,
+        Err(errors) => {
+            eprintln!(
+                "configuration {} is invalid, nothing was reloaded:\n{errors}",
+                config.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(admin) = snapshot.settings.admin else {
+        eprintln!("the admin listener is off (listen.admin = \"off\"): reload with SIGHUP instead");
+        return ExitCode::FAILURE;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::admin_client::post_reload(admin)) {
+        Ok((status, body)) => {
+            print!("{body}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("cannot reach the running gatehouse at http://{admin}/reload: {err}");
             ExitCode::FAILURE
         }
     }

@@ -216,3 +216,60 @@ async fn idle_keep_alive_and_http2_connections_are_closed_at_once_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn gatehouse_reload_asks_the_running_instance_through_the_admin_listener() {
+    let fixture = Fixture::new();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let admin_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    fixture.main_config("[reload]\nwatch_files = false\n");
+    let main = std::fs::read_to_string(fixture.path("gatehouse.toml")).unwrap();
+    fixture.write(
+        "gatehouse.toml",
+        &main.replace(
+            "admin = \"127.0.0.1:0\"",
+            &format!("admin = \"127.0.0.1:{admin_port}\""),
+        ),
+    );
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[blue.addr], ""));
+    let gatehouse = Gatehouse::start(&fixture, None);
+    let client = running(&fixture, gatehouse.https);
+    assert_eq!(
+        client.get("shop.apps.test", "/").await.header("x-upstream"),
+        Some("blue")
+    );
+
+    let main_path = fixture.path("gatehouse.toml");
+    let reload = move || {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["reload", "--config"])
+            .arg(&main_path)
+            .output()
+            .unwrap()
+    };
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[green.addr], ""),
+    );
+    let output = tokio::task::spawn_blocking(reload.clone()).await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "reloaded: generation 2\n");
+    assert_eq!(
+        client.get("shop.apps.test", "/").await.header("x-upstream"),
+        Some("green")
+    );
+
+    fixture.environment("shop", "name = \"shop\"\ndomains = []\nupstreams = []\n");
+    let output = tokio::task::spawn_blocking(reload).await.unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing was reloaded"));
+    assert_eq!(
+        client.get("shop.apps.test", "/").await.header("x-upstream"),
+        Some("green")
+    );
+    gatehouse.signal("TERM");
+}

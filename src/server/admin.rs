@@ -17,13 +17,19 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use super::Shared;
+use super::{ReloadTrigger, Shared};
 use crate::snapshot::summary::{CertificateSummary, unix_now};
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _peer: SocketAddr) {
-    let service = service_fn(move |request| {
-        let response = answer(&shared, &request);
-        async move { Ok::<_, Infallible>(response) }
+    let service = service_fn(move |request: Request<Incoming>| {
+        let shared = shared.clone();
+        async move {
+            let response = match (request.method(), request.uri().path()) {
+                (&Method::POST, "/reload") => reload(shared).await,
+                _ => answer(&shared, &request),
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -32,6 +38,28 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _peer: SocketAddr) {
         .await;
     if let Err(err) = served {
         tracing::debug!(error = %err, "admin connection ended with an error");
+    }
+}
+
+/// `POST /reload` (what `gatehouse reload` sends): reload the configuration files the running
+/// configuration came from. 200 when installed; 422 with the errors when refused.
+async fn reload(shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    let main_file = shared.snapshot.load().summary.main_file.clone();
+    let reloading = shared.clone();
+    let outcome = tokio::task::spawn_blocking(move || reloading.reload(&main_file, ReloadTrigger::Admin)).await;
+    match outcome {
+        Ok(Ok(())) => text(
+            StatusCode::OK,
+            format!("reloaded: generation {}\n", shared.generation.load(Ordering::SeqCst)),
+        ),
+        Ok(Err(errors)) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("refused; the running configuration stays:\n{errors}\n"),
+        ),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload did not complete: {err}\n"),
+        ),
     }
 }
 
@@ -62,7 +90,7 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz or /config\n".to_owned(),
+            "not found: try /metrics, /healthz, /readyz, /config, or POST /reload\n".to_owned(),
         ),
     }
 }

@@ -5,6 +5,7 @@
 //! every new handshake and request reads the new one while in-flight work finishes on the old.
 
 mod admin;
+pub mod admin_client;
 mod drain;
 mod http;
 mod listener;
