@@ -217,3 +217,74 @@ async fn a_changed_or_new_file_is_reloaded_and_a_half_written_one_never_takes_ef
     );
     assert_eq!(running.proxy().snapshot().summary.environments.len(), 2);
 }
+
+#[tokio::test]
+async fn listeners_are_added_and_closed_by_a_reload_and_a_busy_port_fails_only_the_reload() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    let main_path = fixture.path("gatehouse.toml");
+    let original = std::fs::read_to_string(&main_path).unwrap();
+    let first = running.proxy().https_addrs()[0];
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let with_https = |list: &str| original.replace("https = [\"127.0.0.1:0\"]", &format!("https = [{list}]"));
+    let served_at = |addr: std::net::SocketAddr| {
+        let roots = fixture.ca.der.clone();
+        async move {
+            common::Running::client_only(addr, roots)
+                .get("shop.apps.test", "/")
+                .await
+                .status
+        }
+    };
+
+    // Added: a second port is bound by the reload.
+    let added = free_port();
+    fixture.write(
+        "gatehouse.toml",
+        &with_https(&format!("\"127.0.0.1:0\", \"127.0.0.1:{added}\"")),
+    );
+    running.proxy().reload(&main_path, ReloadTrigger::Api).unwrap();
+    let added_addr: std::net::SocketAddr = format!("127.0.0.1:{added}").parse().unwrap();
+    assert_eq!(running.proxy().https_addrs().len(), 2);
+    assert_eq!(served_at(added_addr).await, StatusCode::OK);
+
+    // A port that cannot be bound fails the reload; everything keeps serving as it was.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    fixture.write(
+        "gatehouse.toml",
+        &with_https(&format!(
+            "\"127.0.0.1:0\", \"127.0.0.1:{added}\", \"127.0.0.1:{busy_port}\""
+        )),
+    );
+    let errors = running.proxy().reload(&main_path, ReloadTrigger::Api).unwrap_err();
+    assert!(
+        errors
+            .to_string()
+            .contains(&format!("cannot listen on 127.0.0.1:{busy_port}")),
+        "{errors}"
+    );
+    assert_eq!(running.proxy().https_addrs().len(), 2);
+    assert_eq!(served_at(first).await, StatusCode::OK);
+
+    // Removed: the first listener closes, the added one stays.
+    fixture.write("gatehouse.toml", &with_https(&format!("\"127.0.0.1:{added}\"")));
+    running.proxy().reload(&main_path, ReloadTrigger::Api).unwrap();
+    assert_eq!(running.proxy().https_addrs(), [added_addr]);
+    let started = tokio::time::Instant::now();
+    while tokio::net::TcpStream::connect(first).await.is_ok() {
+        assert!(started.elapsed() < common::WAIT, "the removed listener still accepts");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(served_at(added_addr).await, StatusCode::OK);
+    drop(busy);
+}

@@ -1,4 +1,4 @@
-//! Binding listen addresses and accepting connections.
+//! Accepting connections on a bound listener.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,25 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Shared, StartError};
-
-pub async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
-}
-
-pub fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
-    listeners
-        .iter()
-        .filter_map(|listener| listener.local_addr().ok())
-        .collect()
-}
+use super::Shared;
 
 /// Accept connections forever, serving each on its own task with `serve`.
 pub async fn accept_loop<F, Fut>(listener: TcpListener, shared: Arc<Shared>, serve: F)

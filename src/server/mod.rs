@@ -9,6 +9,7 @@ pub mod admin_client;
 mod drain;
 mod http;
 mod listener;
+mod listeners;
 mod proxy_protocol;
 mod redirect;
 mod tls;
@@ -17,20 +18,21 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::config::ConfigErrors;
+use crate::config::{ConfigError, ConfigErrors};
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
 use crate::proxy::forward::RequestIds;
 use crate::proxy::upstream::{self, UpstreamClient};
 use crate::snapshot::Snapshot;
+use listeners::ListenerSet;
 
 /// State shared by every connection and request.
 pub struct Shared {
@@ -48,6 +50,8 @@ pub struct Shared {
     pub draining: tokio::sync::watch::Sender<bool>,
     /// Client connections being served (after the TLS handshake), for the drain to wait on.
     pub open_connections: AtomicUsize,
+    /// The public listeners; changed by reloads, never touched per request.
+    listeners: Mutex<ListenerSet>,
 }
 
 impl Shared {
@@ -60,30 +64,51 @@ impl Shared {
 
     /// Load, validate and compile the configuration at `main_file` off the request path, and
     /// install it only if all of it is valid. Counted, and written to the audit log either way.
-    pub fn reload(&self, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
+    pub fn reload(self: &Arc<Self>, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
         let old = self.snapshot.load_full();
         match crate::snapshot::load(main_file) {
             Ok(snapshot) => {
+                let mut listeners = self.listeners();
+                let prepared = match listeners.prepare(&snapshot.settings) {
+                    Ok(prepared) => prepared,
+                    Err(err) => {
+                        let error = ConfigError::new(main_file, None, Some("listen"), err.to_string());
+                        drop(listeners);
+                        return self.refuse(main_file, trigger, &old, ConfigErrors::one(error));
+                    }
+                };
+                let settings = snapshot.settings.clone();
                 let changes = Changes::between(&old, &snapshot);
                 let new_sha256 = snapshot.sha256.clone();
                 self.install(snapshot);
+                listeners.commit(prepared, &settings, self);
                 self.metrics.reload_succeeded();
                 tracing::info!(trigger = trigger.as_str(), sha256 = %new_sha256, "configuration reloaded");
                 self.audit_reload(trigger, &old.sha256, Some(&new_sha256), Some(changes), None);
                 Ok(())
             }
-            Err(errors) => {
-                self.metrics.reload_failed();
-                for error in &errors.0 {
-                    tracing::error!(
-                        trigger = trigger.as_str(),
-                        "reload refused, the running configuration stays: {error}"
-                    );
-                }
-                self.audit_reload(trigger, &old.sha256, None, None, Some(errors.to_string()));
-                Err(errors)
-            }
+            Err(errors) => self.refuse(main_file, trigger, &old, errors),
         }
+    }
+
+    /// A reload that cannot be installed: counted, logged, audited; the running one stays.
+    fn refuse(
+        &self,
+        main_file: &Path,
+        trigger: ReloadTrigger,
+        old: &Snapshot,
+        errors: ConfigErrors,
+    ) -> Result<(), ConfigErrors> {
+        self.metrics.reload_failed();
+        for error in &errors.0 {
+            tracing::error!(trigger = trigger.as_str(), main_file = %main_file.display(), "reload refused, the running configuration stays: {error}");
+        }
+        self.audit_reload(trigger, &old.sha256, None, None, Some(errors.to_string()));
+        Err(errors)
+    }
+
+    fn listeners(&self) -> MutexGuard<'_, ListenerSet> {
+        self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn audit_reload(
@@ -144,10 +169,7 @@ impl ReloadTrigger {
 /// A running gatehouse.
 pub struct Proxy {
     shared: Arc<Shared>,
-    https_addrs: Vec<SocketAddr>,
-    http_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
-    accept_tasks: Vec<JoinHandle<()>>,
     /// The admin listener outlives `stop_accepting`, so that `/readyz` can say 503 while draining.
     admin_tasks: Vec<JoinHandle<()>>,
 }
@@ -155,11 +177,11 @@ pub struct Proxy {
 impl Proxy {
     /// Bind the snapshot's listeners and start serving. Must run inside a tokio runtime.
     pub async fn start(mut snapshot: Snapshot) -> Result<Self, StartError> {
-        let https = listener::bind_all(&snapshot.settings.https).await?;
-        let http = listener::bind_all(&snapshot.settings.http).await?;
-        let admin = listener::bind_all(snapshot.settings.admin.as_slice()).await?;
+        let prepared = ListenerSet::default().prepare(&snapshot.settings)?;
+        let admin = snapshot.settings.admin.map(listeners::bind).transpose()?;
         let metrics = Arc::new(Metrics::new()?);
         metrics.adopt(&mut snapshot, 1);
+        let settings = snapshot.settings.clone();
         let shared = Arc::new(Shared {
             upstream: upstream::client(&snapshot.settings, metrics.upstream_connections()),
             access_log: LogSink::start(snapshot.settings.access_log.clone(), metrics.clone()),
@@ -171,52 +193,32 @@ impl Proxy {
             generation: AtomicU64::new(1),
             draining: tokio::sync::watch::Sender::new(false),
             open_connections: AtomicUsize::new(0),
+            listeners: Mutex::new(ListenerSet::default()),
         });
-        let https_addrs = listener::local_addrs(&https);
-        let http_addrs = listener::local_addrs(&http);
-        let admin_addr = listener::local_addrs(&admin).first().copied();
-        let mut accept_tasks = Vec::new();
-        for socket in https {
-            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, shared.clone(), tls::serve)));
-        }
-        for socket in http {
-            accept_tasks.push(tokio::spawn(listener::accept_loop(
-                socket,
-                shared.clone(),
-                redirect::serve,
-            )));
-        }
+        shared.listeners().commit(prepared, &settings, &shared);
+        let admin_addr = admin.as_ref().and_then(|socket| socket.local_addr().ok());
         let admin_tasks = admin
             .into_iter()
             .map(|socket| tokio::spawn(listener::accept_loop(socket, shared.clone(), admin::serve)))
             .collect();
-        for addr in &https_addrs {
-            tracing::info!(%addr, "listening for https");
-        }
-        for addr in &http_addrs {
-            tracing::info!(%addr, "listening for http (redirects to https)");
-        }
         if let Some(addr) = admin_addr {
-            tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /config");
+            tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /config, POST /reload");
         }
         shared.ready.store(true, Ordering::SeqCst);
         Ok(Self {
             shared,
-            https_addrs,
-            http_addrs,
             admin_addr,
-            accept_tasks,
             admin_tasks,
         })
     }
 
     /// The bound https addresses (with real ports when the config asked for port 0).
-    pub fn https_addrs(&self) -> &[SocketAddr] {
-        &self.https_addrs
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.listeners().https()
     }
 
-    pub fn http_addrs(&self) -> &[SocketAddr] {
-        &self.http_addrs
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.listeners().http()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -252,7 +254,7 @@ impl Proxy {
         let drain_timeout = self.shared.snapshot.load().settings.shutdown_drain_timeout;
         let deadline = tokio::time::Instant::now() + drain_timeout;
         // The listening sockets close when their (aborted) accept tasks end.
-        while !self.accept_tasks.iter().all(JoinHandle::is_finished) && tokio::time::Instant::now() < deadline {
+        while !self.shared.listeners().all_closed() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.shared.draining.send_replace(true);
@@ -273,9 +275,7 @@ impl Proxy {
     /// their end.
     pub fn stop_accepting(&self) {
         self.shared.ready.store(false, Ordering::SeqCst);
-        for task in &self.accept_tasks {
-            task.abort();
-        }
+        self.shared.listeners().stop();
     }
 }
 
