@@ -4,10 +4,39 @@
 //!
 //! Run: cargo bench --bench reload
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gatehouse::snapshot::{self, Snapshot};
+
+/// Counts the bytes the process has allocated and not freed: unlike resident memory, which the
+/// allocator keeps for reuse, this shows exactly whether a released snapshot gave its memory back.
+struct CountingAllocator;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+fn live_kib() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed) / 1024
+}
 
 const ENVIRONMENTS: usize = 10_000;
 const CYCLES: usize = 6;
@@ -64,11 +93,13 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path());
     let main_file = dir.path().join("gatehouse.toml");
-    let baseline = resident_kib();
+    let (baseline, baseline_live) = (resident_kib(), live_kib());
     let (first, _) = load(&main_file);
     let current = arc_swap::ArcSwap::from_pointee(first);
-    let loaded = resident_kib();
-    println!("{ENVIRONMENTS} environments; resident memory: {baseline} KiB before, {loaded} KiB with one snapshot");
+    let (loaded, loaded_live) = (resident_kib(), live_kib());
+    println!("{ENVIRONMENTS} environments");
+    println!("heap in use: {baseline_live} KiB before, {loaded_live} KiB with one snapshot");
+    println!("resident:    {baseline} KiB before, {loaded} KiB with one snapshot");
     let mut times = Vec::new();
     for cycle in 1..=CYCLES {
         let (next, took) = load(&main_file);
@@ -76,8 +107,9 @@ fn main() {
         drop(old);
         times.push(took);
         println!(
-            "reload {cycle}: {:>6.1} ms, resident after releasing the old snapshot: {} KiB",
+            "reload {cycle}: {:>6.1} ms; after releasing the old snapshot: heap in use {} KiB, resident {} KiB",
             took.as_secs_f64() * 1000.0,
+            live_kib(),
             resident_kib()
         );
     }

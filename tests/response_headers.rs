@@ -76,6 +76,26 @@ async fn headers_apply_to_gatehouse_own_pages() {
 }
 
 #[tokio::test]
+async fn answers_for_unknown_hosts_carry_the_platform_defaults() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[app.addr], POLICY_WITHOUT_PAGE),
+    );
+    let running = fixture.start().await;
+    let mut sender = running.h1("shop.apps.test").await;
+    let answer = common::send_h1(&mut sender, common::get("nowhere.example", "/")).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.header("strict-transport-security"), Some("max-age=31536000"));
+    // No environment's own headers leak onto an answer that belongs to none.
+    assert_eq!(answer.header("x-team"), None);
+}
+
+const POLICY_WITHOUT_PAGE: &str = "[custom_response_headers]\nX-Team = \"checkout\"\n";
+
+#[tokio::test]
 async fn hsts_can_be_changed_or_turned_off() {
     let fixture = Fixture::new();
     let app = Upstream::start("shop").await;

@@ -30,6 +30,14 @@ impl HeaderPolicy {
         Self { actions }
     }
 
+    /// What every answer gets when no environment says otherwise: HSTS.
+    pub fn platform_defaults() -> Self {
+        Self::new(vec![(
+            http::header::STRICT_TRANSPORT_SECURITY,
+            HeaderAction::Set(HeaderValue::from_static(DEFAULT_HSTS)),
+        )])
+    }
+
     pub fn actions(&self) -> &[(HeaderName, HeaderAction)] {
         &self.actions
     }

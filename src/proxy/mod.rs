@@ -137,7 +137,7 @@ pub async fn handle(
     let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
     let host = request_host(&request).ok();
     let mut details = Details::default();
-    let response = respond(
+    let mut response = respond(
         shared,
         connection,
         &snapshot,
@@ -149,6 +149,10 @@ pub async fn handle(
     .await;
 
     let environment = details.environment.and_then(|index| snapshot.environments.get(index));
+    if environment.is_none() {
+        // No environment took the request (400, 404, 421): the platform's own headers apply.
+        snapshot.unrouted_headers.apply(response.headers_mut());
+    }
     let metrics = environment.map_or_else(|| snapshot.unrouted_metrics.clone(), |env| env.metrics.clone());
     let status = response.status();
     let log = logged_uri.map(|uri| {

@@ -577,6 +577,7 @@ fn assemble(
         inputs: loaded.input_files(),
         environment_dir: loaded.environment_dir(),
         unrouted_metrics: Arc::default(),
+        unrouted_headers: HeaderPolicy::platform_defaults(),
         routes,
         environments,
         platform_policy,

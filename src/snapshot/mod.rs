@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub environment_dir: std::path::PathBuf,
     /// Counted for requests that reach no environment.
     pub unrouted_metrics: Arc<EnvironmentMetrics>,
+    /// Headers on answers to requests that reach no environment (the platform defaults).
+    pub unrouted_headers: HeaderPolicy,
     pub routes: RouteTable,
     pub environments: Vec<Environment>,
     /// The platform certificate's policy, used for no or unknown SNI.
