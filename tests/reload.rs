@@ -84,7 +84,7 @@ async fn fifty_reloads_under_load_lose_no_request_and_never_mix_configurations()
         };
         fixture.environment("shop", &config(flavour, frame));
         running.proxy().reload(&main, ReloadTrigger::Api).unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
@@ -94,6 +94,7 @@ async fn fifty_reloads_under_load_lose_no_request_and_never_mix_configurations()
         total += seen.len();
         flavours.extend(seen.into_iter().map(|(flavour, _)| flavour));
     }
+    eprintln!("requests during the reloads: {total}");
     assert!(total >= 500, "only {total} requests ran during the reloads");
     assert_eq!(flavours.len(), 2, "both configurations served: {flavours:?}");
     assert_eq!(running.proxy().snapshot().summary.environments.len(), 1);

@@ -15,7 +15,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::client_address::ClientAddress;
-use super::observe::{CountedBody, Details};
+use super::observe::{CountedBody, Details, ReceivedBytes};
 use super::upgrade;
 use super::{ConnectionInfo, RequestContext};
 use crate::metrics::UpstreamError;
@@ -99,7 +99,7 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
-    let body = CountedBody::new(body, environment.metrics.clone());
+    let body = CountedBody::new(body, ReceivedBytes(environment.metrics.clone()));
     let sent_at = Instant::now();
     let sent = shared.upstream.request(Request::from_parts(parts, body));
     let outcome = tokio::time::timeout(environment.response_timeout, sent).await;

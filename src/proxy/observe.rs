@@ -56,27 +56,59 @@ pub struct Exchange {
     pub log: Option<(Box<AccessEntry>, LogSink)>,
 }
 
-/// A response body that counts what it sends and records the exchange when dropped.
-#[derive(Debug)]
-pub struct ObservedBody<B> {
-    inner: B,
-    sent: u64,
-    exchange: Option<Exchange>,
+/// What happens with a body's byte count once the body is dropped (sent in full, or abandoned).
+pub trait Settle {
+    fn settle(self, bytes: u64);
 }
 
-impl<B> ObservedBody<B> {
-    pub fn new(inner: B, exchange: Exchange) -> Self {
-        Self {
-            inner,
-            sent: 0,
-            exchange: Some(exchange),
+impl Settle for Exchange {
+    /// The response body is done: record the request's metrics and its access log line.
+    fn settle(self, sent: u64) {
+        let elapsed = self.started.elapsed();
+        self.metrics.request_done(&self.method, self.status, elapsed);
+        self.metrics.bytes(0, sent);
+        if let Some((entry, sink)) = self.log {
+            sink.write(entry.line(sent, elapsed));
         }
     }
 }
 
-impl<B> Body for ObservedBody<B>
+/// The request body is done: count what the client sent.
+#[derive(Debug)]
+pub struct ReceivedBytes(pub Arc<EnvironmentMetrics>);
+
+impl Settle for ReceivedBytes {
+    fn settle(self, received: u64) {
+        self.0.bytes(received, 0);
+    }
+}
+
+/// A body that counts the data bytes passing through and settles the count when dropped.
+#[derive(Debug)]
+pub struct CountingBody<B, S: Settle> {
+    inner: B,
+    bytes: u64,
+    settle: Option<S>,
+}
+
+/// A response body recording its exchange; a request body counting what the client sent.
+pub type ObservedBody<B> = CountingBody<B, Exchange>;
+pub type CountedBody<B> = CountingBody<B, ReceivedBytes>;
+
+impl<B, S: Settle> CountingBody<B, S> {
+    pub fn new(inner: B, settle: S) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            settle: Some(settle),
+        }
+    }
+}
+
+impl<B, S> Body for CountingBody<B, S>
 where
     B: Body<Data = Bytes> + Unpin,
+    S: Settle + Unpin,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -86,7 +118,7 @@ where
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.sent += data.len() as u64;
+            self.bytes += data.len() as u64;
         }
         polled
     }
@@ -100,67 +132,11 @@ where
     }
 }
 
-impl<B> Drop for ObservedBody<B> {
+impl<B, S: Settle> Drop for CountingBody<B, S> {
     fn drop(&mut self) {
-        let Some(exchange) = self.exchange.take() else { return };
-        let elapsed = exchange.started.elapsed();
-        exchange
-            .metrics
-            .request_done(&exchange.method, exchange.status, elapsed);
-        exchange.metrics.bytes(0, self.sent);
-        if let Some((entry, sink)) = exchange.log {
-            sink.write(entry.line(self.sent, elapsed));
+        if let Some(settle) = self.settle.take() {
+            settle.settle(self.bytes);
         }
-    }
-}
-
-/// A request body that counts what the client sent.
-#[derive(Debug)]
-pub struct CountedBody<B> {
-    inner: B,
-    received: u64,
-    metrics: Arc<EnvironmentMetrics>,
-}
-
-impl<B> CountedBody<B> {
-    pub fn new(inner: B, metrics: Arc<EnvironmentMetrics>) -> Self {
-        Self {
-            inner,
-            received: 0,
-            metrics,
-        }
-    }
-}
-
-impl<B> Body for CountedBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.received += data.len() as u64;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B> Drop for CountedBody<B> {
-    fn drop(&mut self) {
-        self.metrics.bytes(self.received, 0);
     }
 }
 
