@@ -90,6 +90,8 @@ pub struct Metrics {
     connections: [IntGauge; 2],
     handshakes: IntCounterVec,
     handshake_failures: Vec<IntCounter>,
+    /// `gatehouse_tls_handshakes_total{result="failure"}`: version and policy are not known.
+    handshakes_failed: IntCounter,
     reloads: [IntCounter; 2],
     generation: IntGauge,
     last_reload: Gauge,
@@ -176,8 +178,8 @@ impl Metrics {
         let handshakes = counter_vec(
             &registry,
             "gatehouse_tls_handshakes_total",
-            "Completed TLS handshakes, by protocol version and the TLS policy chosen by SNI.",
-            &["version", "policy"],
+            "TLS handshakes, by result, protocol version and the TLS policy chosen by SNI.",
+            &["result", "version", "policy"],
         )?;
         let failures_vec = counter_vec(
             &registry,
@@ -238,6 +240,7 @@ impl Metrics {
                 .iter()
                 .map(|reason| failures_vec.get_metric_with_label_values(&[reason]))
                 .collect::<Result<_>>()?,
+            handshakes_failed: handshakes.get_metric_with_label_values(&["failure", "unknown", "unknown"])?,
             reloads: [
                 reloads_vec.get_metric_with_label_values(&["success"])?,
                 reloads_vec.get_metric_with_label_values(&["failure"])?,
@@ -318,10 +321,13 @@ impl Metrics {
 
     /// A series of `gatehouse_tls_handshakes_total`, to be resolved once per policy.
     pub fn handshake_counter(&self, version: &str, policy: &str) -> Option<IntCounter> {
-        self.handshakes.get_metric_with_label_values(&[version, policy]).ok()
+        self.handshakes
+            .get_metric_with_label_values(&["success", version, policy])
+            .ok()
     }
 
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshakes_failed.inc();
         if let Some(counter) = self.handshake_failures.get(reason as usize) {
             counter.inc();
         }

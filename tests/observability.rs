@@ -98,6 +98,17 @@ async fn metrics_count_a_known_sequence_exactly() {
         StatusCode::NOT_FOUND
     );
 
+    // Plain HTTP sent to the TLS port: a failed handshake.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(running.https).await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, raw.read_to_end(&mut rest)).await;
+    }
+
     // One good reload, then a broken file that is refused.
     let main = fixture.path("gatehouse.toml");
     running
@@ -154,9 +165,14 @@ async fn metrics_count_a_known_sequence_exactly() {
             3.0,
         ),
         (
-            "gatehouse_tls_handshakes_total{policy=\"platform\",version=\"TLSv1.3\"}",
+            "gatehouse_tls_handshakes_total{policy=\"platform\",result=\"success\",version=\"TLSv1.3\"}",
             2.0,
         ),
+        (
+            "gatehouse_tls_handshakes_total{policy=\"unknown\",result=\"failure\",version=\"unknown\"}",
+            1.0,
+        ),
+        ("gatehouse_tls_handshake_failures_total{reason=\"not_tls\"}", 1.0),
         ("gatehouse_config_reloads_total{result=\"success\"}", 1.0),
         ("gatehouse_config_reloads_total{result=\"failure\"}", 1.0),
         ("gatehouse_config_generation", 2.0),
