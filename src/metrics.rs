@@ -99,6 +99,8 @@ pub struct Metrics {
     certificate_expiry: GaugeVec,
     log_lines_dropped: IntCounter,
     upstream_connections: IntGauge,
+    /// `gatehouse_connections_refused_total` for the total and the per-client limit.
+    connections_refused: [IntCounter; 2],
     environments: Mutex<HashMap<Box<str>, Arc<EnvironmentMetrics>>>,
 }
 
@@ -229,6 +231,12 @@ impl Metrics {
             "Open connections to app instances, idle in the keep-alive pool or in use.",
         )?;
         registry.register(Box::new(upstream_connections.clone()))?;
+        let refused = counter_vec(
+            &registry,
+            "gatehouse_connections_refused_total",
+            "Client connections closed at accept because a connection limit was reached.",
+            &["limit"],
+        )?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         Ok(Self {
@@ -254,6 +262,10 @@ impl Metrics {
             certificate_expiry,
             log_lines_dropped,
             upstream_connections,
+            connections_refused: [
+                refused.get_metric_with_label_values(&["max_connections"])?,
+                refused.get_metric_with_label_values(&["max_connections_per_client"])?,
+            ],
             environments: Mutex::new(HashMap::new()),
         })
     }
@@ -336,6 +348,11 @@ impl Metrics {
     /// The gauge the upstream pool keeps current.
     pub fn upstream_connections(&self) -> IntGauge {
         self.upstream_connections.clone()
+    }
+
+    /// A connection was closed at accept: over the total limit, or over its client's.
+    pub fn connection_refused(&self, per_client: bool) {
+        self.connections_refused[usize::from(per_client)].inc();
     }
 
     pub fn log_line_dropped(&self) {

@@ -165,6 +165,48 @@ pub struct LimitsSection {
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
     #[serde(default = "default_drain_timeout")]
     pub shutdown_drain_timeout: ConfigDuration,
+    /// Open client connections at most; more are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections per client address at most; more are closed at accept.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Bytes of a request head (request line and headers) at most; more is 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_request_header_bytes: usize,
+    /// Request header fields at most; more is 431.
+    #[serde(default = "default_max_headers")]
+    pub max_request_headers: usize,
+    /// Bytes of a request URI at most; more is 414.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    #[serde(default = "default_max_streams")]
+    pub http2_max_concurrent_streams: u32,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_max_connections_per_client() -> usize {
+    256
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+
+fn default_max_streams() -> u32 {
+    100
 }
 
 fn default_drain_timeout() -> ConfigDuration {
@@ -177,6 +219,12 @@ impl Default for LimitsSection {
             tls_handshake_timeout: default_handshake_timeout(),
             request_header_timeout: default_header_read_timeout(),
             shutdown_drain_timeout: default_drain_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
+            max_request_header_bytes: default_max_header_bytes(),
+            max_request_headers: default_max_headers(),
+            max_uri_bytes: default_max_uri_bytes(),
+            http2_max_concurrent_streams: default_max_streams(),
         }
     }
 }

@@ -193,6 +193,10 @@ async fn respond(
     request: Request<Incoming>,
     details: &mut Details,
 ) -> Response<ResponseBody> {
+    let uri_bytes = request.uri().path_and_query().map_or(0, |path| path.as_str().len());
+    if uri_bytes > snapshot.settings.max_uri_bytes {
+        return page(StatusCode::URI_TOO_LONG);
+    }
     let Some(host) = host else {
         return page(StatusCode::BAD_REQUEST);
     };

@@ -13,7 +13,15 @@ use super::Shared;
 use crate::proxy::{self, ConnectionInfo};
 
 pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
-    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+    let (header_timeout, max_head, max_headers, max_streams) = {
+        let settings = &shared.snapshot.load().settings;
+        (
+            settings.request_header_timeout,
+            settings.max_request_header_bytes,
+            settings.max_request_headers,
+            settings.http2_max_concurrent_streams,
+        )
+    };
     let _open = shared.metrics.connection_opened(alpn_h2);
     let service = {
         let shared = shared.clone();
@@ -27,8 +35,15 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(header_timeout)
+        // A request head larger than the buffer, or with too many fields, is answered 431.
+        .max_buf_size(max_head)
+        .max_headers(max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let builder = if alpn_h2 {
         builder.http2_only()
     } else {

@@ -7,6 +7,7 @@
 mod admin;
 pub mod admin_client;
 mod drain;
+mod gate;
 mod http;
 mod listener;
 mod listeners;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub open_connections: AtomicUsize,
     /// The public listeners; changed by reloads, never touched per request.
     listeners: Mutex<ListenerSet>,
+    /// Connection limits, checked once per connection.
+    pub gate: gate::ConnectionGate,
 }
 
 impl Shared {
@@ -194,6 +197,7 @@ impl Proxy {
             draining: tokio::sync::watch::Sender::new(false),
             open_connections: AtomicUsize::new(0),
             listeners: Mutex::new(ListenerSet::default()),
+            gate: gate::ConnectionGate::default(),
         });
         shared.listeners().commit(prepared, &settings, &shared);
         let admin_addr = admin.as_ref().and_then(|socket| socket.local_addr().ok());

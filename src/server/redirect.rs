@@ -18,21 +18,38 @@ use crate::pages::{ResponseBody, page, with_body};
 use crate::route::{MAX_HOST_LEN, normalize_host};
 
 pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let (header_timeout, proxy_protocol) = {
+    let (header_timeout, proxy_protocol, max_total, max_per_client) = {
         let settings = &shared.snapshot.load().settings;
-        (settings.request_header_timeout, settings.proxy_protocol)
+        (
+            settings.request_header_timeout,
+            settings.proxy_protocol,
+            settings.max_connections,
+            settings.max_connections_per_client,
+        )
     };
+    let shared_for_drain = shared.clone();
+    let Some(_total_place) = shared_for_drain.gate.admit(max_total) else {
+        shared.metrics.connection_refused(false);
+        return;
+    };
+    let mut client = peer;
     if proxy_protocol {
         let read = super::proxy_protocol::read_client_address(&mut stream, peer);
-        if let Err(err) = tokio::time::timeout(header_timeout, read)
+        match tokio::time::timeout(header_timeout, read)
             .await
             .unwrap_or_else(|elapsed| Err(elapsed.into()))
         {
-            tracing::debug!(%peer, error = %err, "PROXY header refused");
-            return;
+            Ok(named) => client = named,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "PROXY header refused");
+                return;
+            }
         }
     }
-    let shared_for_drain = shared.clone();
+    let Some(_client_place) = shared_for_drain.gate.admit_client(client.ip(), max_per_client) else {
+        shared.metrics.connection_refused(true);
+        return;
+    };
     let service = service_fn(move |request| {
         let response = redirect(&shared, &request);
         async move { Ok::<_, Infallible>(response) }

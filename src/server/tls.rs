@@ -17,33 +17,42 @@ use crate::proxy::{ClientCertificate, ConnectionInfo};
 use crate::tls::policy::TlsPolicy;
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let (deadline, proxy_protocol) = {
+    let (deadline, proxy_protocol, max_total, max_per_client) = {
         let settings = &shared.snapshot.load().settings;
-        (settings.tls_handshake_timeout, settings.proxy_protocol)
+        (
+            settings.tls_handshake_timeout,
+            settings.proxy_protocol,
+            settings.max_connections,
+            settings.max_connections_per_client,
+        )
+    };
+    let Some(_total_place) = shared.gate.admit(max_total) else {
+        shared.metrics.connection_refused(false);
+        return;
     };
     // One deadline covers the PROXY header, the ClientHello and the handshake: a client that
     // trickles its bytes gets no more time.
-    let handshake = tokio::time::timeout(deadline, async {
-        let mut stream = stream;
-        let client = match proxy_protocol {
-            true => super::proxy_protocol::read_client_address(&mut stream, peer).await?,
-            false => peer,
-        };
-        handshake(&shared, stream).await.map(|done| (done, client))
-    })
-    .await;
-    let ((tls, policy), client) = match handshake {
+    let deadline = tokio::time::Instant::now() + deadline;
+    let mut stream = stream;
+    let client = match proxy_protocol {
+        false => peer,
+        true => match tokio::time::timeout_at(deadline, super::proxy_protocol::read_client_address(&mut stream, peer))
+            .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(err)) => return handshake_failed(&shared, peer, &err),
+            Err(_elapsed) => return handshake_timed_out(&shared, peer),
+        },
+    };
+    // The client is known now (after a PROXY header, if any): hold its place or close.
+    let Some(_client_place) = shared.gate.admit_client(client.ip(), max_per_client) else {
+        shared.metrics.connection_refused(true);
+        return;
+    };
+    let (tls, policy) = match tokio::time::timeout_at(deadline, handshake(&shared, stream)).await {
         Ok(Ok(done)) => done,
-        Ok(Err(err)) => {
-            tracing::debug!(%peer, error = %err, "TLS handshake failed");
-            shared.metrics.handshake_failed(failure_reason(&err));
-            return;
-        }
-        Err(_elapsed) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
-            return;
-        }
+        Ok(Err(err)) => return handshake_failed(&shared, peer, &err),
+        Err(_elapsed) => return handshake_timed_out(&shared, peer),
     };
     let session = tls.get_ref().1;
     count_handshake(&shared, &policy, session.protocol_version());
@@ -60,7 +69,17 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         tls_cipher: cipher_header(session.negotiated_cipher_suite()),
         client_certificate,
     });
-    super::http::serve(shared, connection, tls, alpn_h2).await;
+    super::http::serve(shared.clone(), connection, tls, alpn_h2).await;
+}
+
+fn handshake_failed(shared: &Shared, peer: SocketAddr, err: &std::io::Error) {
+    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+    shared.metrics.handshake_failed(failure_reason(err));
+}
+
+fn handshake_timed_out(shared: &Shared, peer: SocketAddr) {
+    tracing::debug!(%peer, "TLS handshake timed out");
+    shared.metrics.handshake_failed(HandshakeFailure::Timeout);
 }
 
 async fn handshake(shared: &Shared, stream: TcpStream) -> std::io::Result<(TlsStream<TcpStream>, TlsPolicy)> {

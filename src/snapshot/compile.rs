@@ -137,6 +137,13 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
         tls_handshake_timeout: limits.tls_handshake_timeout.0,
         request_header_timeout: limits.request_header_timeout.0,
         shutdown_drain_timeout: limits.shutdown_drain_timeout.0,
+        max_connections: limits.max_connections,
+        max_connections_per_client: limits.max_connections_per_client,
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        max_request_header_bytes: limits.max_request_header_bytes.max(8192),
+        max_request_headers: limits.max_request_headers,
+        max_uri_bytes: limits.max_uri_bytes,
+        http2_max_concurrent_streams: limits.http2_max_concurrent_streams,
         watch_files: main.value.reload.watch_files,
         watch_debounce: main.value.reload.watch_debounce.0,
         upstream_connect_timeout: upstream.connect_timeout.0,

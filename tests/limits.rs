@@ -1,0 +1,85 @@
+//! Request and connection limits: oversized heads (431), too many header fields (431), long
+//! URIs (414), connections over the total or per-client limit closed at accept, while other
+//! requests keep being served.
+
+mod common;
+
+use common::upstream::Upstream;
+use common::{Connect, Fixture, Running, environment_toml};
+
+const CONNECT: Connect<'static> = Connect {
+    server_name: "shop.apps.test",
+    send_sni: true,
+    alpn: &[b"http/1.1"],
+};
+
+async fn start(limits: &str) -> (Fixture, Upstream, Running) {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config(&format!("[limits]\n{limits}"));
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    (fixture, app, running)
+}
+
+#[tokio::test]
+async fn oversized_heads_and_too_many_fields_get_431_and_long_uris_414() {
+    let (_fixture, app, running) =
+        start("max_request_header_bytes = 16384\nmax_request_headers = 50\nmax_uri_bytes = 2048\n").await;
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: shop.apps.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(running.raw_status("shop.apps.test", big_header.as_bytes()).await, 431);
+    let many: String = (0..60).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    let many_fields = format!("GET / HTTP/1.1\r\nHost: shop.apps.test\r\n{many}\r\n");
+    assert_eq!(running.raw_status("shop.apps.test", many_fields.as_bytes()).await, 431);
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n", "a".repeat(3000));
+    assert_eq!(running.raw_status("shop.apps.test", long_uri.as_bytes()).await, 414);
+    assert_eq!(app.requests(), 0);
+    // Within the limits, requests are served.
+    let fine = format!(
+        "GET /{} HTTP/1.1\r\nHost: shop.apps.test\r\nX-Ok: {}\r\n\r\n",
+        "a".repeat(1000),
+        "b".repeat(1000)
+    );
+    assert_eq!(running.raw_status("shop.apps.test", fine.as_bytes()).await, 200);
+}
+
+#[tokio::test]
+async fn connections_over_the_per_client_limit_are_closed_at_accept() {
+    let (_fixture, _app, running) = start("max_connections_per_client = 2\n").await;
+    let first = running.try_tls_after(b"", CONNECT).await.unwrap();
+    let second = running.try_tls_after(b"", CONNECT).await.unwrap();
+    assert!(
+        running.try_tls_after(b"", CONNECT).await.is_err(),
+        "a third connection from the same client was served"
+    );
+    drop(first);
+    // The place is given back once the connection is gone.
+    let started = tokio::time::Instant::now();
+    loop {
+        if running.try_tls_after(b"", CONNECT).await.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "the closed connection's place was not given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(second);
+}
+
+#[tokio::test]
+async fn connections_over_the_total_limit_are_closed_at_accept() {
+    let (_fixture, _app, running) = start("max_connections = 1\n").await;
+    let mut first = running.h1("shop.apps.test").await;
+    assert!(
+        running.try_tls_after(b"", CONNECT).await.is_err(),
+        "a second connection was served"
+    );
+    // The connection that was admitted keeps working.
+    let answer = common::send_h1(&mut first, common::get("shop.apps.test", "/")).await;
+    assert_eq!(answer.status, 200);
+}
