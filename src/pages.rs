@@ -15,6 +15,9 @@ pub fn page(status: StatusCode) -> Response<ResponseBody> {
         StatusCode::BAD_REQUEST => "400 Bad Request\n\nThe request could not be understood.\n",
         StatusCode::FORBIDDEN => "403 Forbidden\n\nAccess to this resource is restricted.\n",
         StatusCode::NOT_FOUND => "404 Not Found\n\nNo application is served under this host name.\n",
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "413 Content Too Large\n\nThe request body is larger than this site accepts.\n"
+        }
         StatusCode::URI_TOO_LONG => "414 URI Too Long\n\nThe request's address is longer than this site accepts.\n",
         StatusCode::MISDIRECTED_REQUEST => {
             "421 Misdirected Request\n\nThis host name is not served on this connection; open a new connection for it.\n"

@@ -83,3 +83,38 @@ async fn connections_over_the_total_limit_are_closed_at_accept() {
     let answer = common::send_h1(&mut first, common::get("shop.apps.test", "/")).await;
     assert_eq!(answer.status, 200);
 }
+
+#[tokio::test]
+async fn request_bodies_over_the_environment_limit_get_413() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "max_request_body = \"1KiB\"\n",
+        ),
+    );
+    let running = fixture.start().await;
+    let declared = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.apps.test\r\nContent-Length: 2000\r\n\r\n{}",
+        "a".repeat(2000)
+    );
+    assert_eq!(running.raw_status("shop.apps.test", declared.as_bytes()).await, 413);
+    assert_eq!(app.requests(), 0, "a body declared too large reached the app");
+
+    let streamed = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.apps.test\r\nTransfer-Encoding: chunked\r\n\r\nfa0\r\n{}\r\n0\r\n\r\n",
+        "b".repeat(4000)
+    );
+    assert_eq!(running.raw_status("shop.apps.test", streamed.as_bytes()).await, 413);
+
+    let small = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.apps.test\r\nContent-Length: 500\r\n\r\n{}",
+        "c".repeat(500)
+    );
+    assert_eq!(running.raw_status("shop.apps.test", small.as_bytes()).await, 200);
+}

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod error;
 pub mod load;
 pub mod schema;
+pub mod size;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{LoadedConfig, SourceFile, load};

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::ConfigDuration;
+use super::size::ConfigSize;
 use crate::access::profile::Require;
 use crate::logs::AccessFormat;
 
@@ -291,6 +292,10 @@ pub struct EnvironmentFile {
     /// Path prefix → profile name. No rule: the environment is open.
     #[serde(default)]
     pub access: BTreeMap<String, Spanned<String>>,
+    /// Request body bytes at most; a larger declared length is 413 before anything is sent to
+    /// the app, and a streamed body that grows larger is cut off with 413.
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: ConfigSize,
     /// Match access rules without regard to ASCII case, for apps that treat paths so.
     #[serde(default)]
     pub case_insensitive_paths: bool,
@@ -325,6 +330,10 @@ impl Default for EnvironmentTimeouts {
             response: default_response_timeout(),
         }
     }
+}
+
+fn default_max_request_body() -> ConfigSize {
+    ConfigSize(100 * 1024 * 1024)
 }
 
 fn default_response_timeout() -> ConfigDuration {

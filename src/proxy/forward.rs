@@ -5,7 +5,8 @@
 //! names), sent over the shared keep-alive pool, and the response streams back. Bodies are
 //! never buffered.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -99,7 +100,24 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
-    let body = CountedBody::new(body, ReceivedBytes(environment.metrics.clone()));
+    let limit = environment.max_request_body;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return page(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // Only a body of unknown length can grow past the limit while it streams.
+    let exceeded =
+        (declared.is_none() && !http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
+    let received = ReceivedBytes {
+        metrics: environment.metrics.clone(),
+        limit,
+        exceeded: exceeded.clone(),
+    };
+    let body = CountedBody::new(body, received);
     let sent_at = Instant::now();
     let sent = shared.upstream.request(Request::from_parts(parts, body));
     let outcome = tokio::time::timeout(environment.response_timeout, sent).await;
@@ -110,6 +128,9 @@ pub async fn forward(
             tracing::warn!(environment = %environment.name, instance = %instance.addr, "upstream response timed out");
             environment.metrics.upstream_failed(UpstreamError::Timeout);
             return page(StatusCode::GATEWAY_TIMEOUT);
+        }
+        Ok(Err(_)) if exceeded.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst)) => {
+            return page(StatusCode::PAYLOAD_TOO_LARGE);
         }
         Ok(Err(err)) => {
             tracing::warn!(environment = %environment.name, instance = %instance.addr, error = %err, "upstream request failed");

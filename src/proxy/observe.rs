@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,22 @@ pub struct Exchange {
 /// What happens with a body's byte count once the body is dropped (sent in full, or abandoned).
 pub trait Settle {
     fn settle(self, bytes: u64);
+
+    /// Bytes the body may carry; more ends it with [`BodyTooLarge`].
+    fn limit(&self) -> u64 {
+        u64::MAX
+    }
+
+    /// Called once when the body went over its limit.
+    fn exceeded(&self) {}
 }
+
+/// A request body that went over its environment's `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than this site accepts")]
+pub struct BodyTooLarge;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Settle for Exchange {
     /// The response body is done: record the request's metrics and its access log line.
@@ -73,13 +89,28 @@ impl Settle for Exchange {
     }
 }
 
-/// The request body is done: count what the client sent.
+/// The request body: count what the client sent, and hold it to the environment's limit.
 #[derive(Debug)]
-pub struct ReceivedBytes(pub Arc<EnvironmentMetrics>);
+pub struct ReceivedBytes {
+    pub metrics: Arc<EnvironmentMetrics>,
+    pub limit: u64,
+    /// Set when the body went over `limit`, for the request path to answer 413.
+    pub exceeded: Option<Arc<AtomicBool>>,
+}
 
 impl Settle for ReceivedBytes {
     fn settle(self, received: u64) {
-        self.0.bytes(received, 0);
+        self.metrics.bytes(received, 0);
+    }
+
+    fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn exceeded(&self) {
+        if let Some(flag) = &self.exceeded {
+            flag.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -108,19 +139,30 @@ impl<B, S: Settle> CountingBody<B, S> {
 impl<B, S> Body for CountingBody<B, S>
 where
     B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
     S: Settle + Unpin,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(polled) => polled,
+        };
+        let Some(Ok(frame)) = polled else {
+            return Poll::Ready(polled.map(|result| result.map_err(Into::into)));
+        };
+        if let Some(data) = frame.data_ref() {
             self.bytes += data.len() as u64;
+            if let Some(settle) = &self.settle
+                && self.bytes > settle.limit()
+            {
+                settle.exceeded();
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+            }
         }
-        polled
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -78,6 +78,7 @@ struct EnvironmentDraft {
     instances: Vec<Instance>,
     certificates: Vec<(ServingCertificate, String)>,
     response_timeout: std::time::Duration,
+    max_request_body: u64,
     rules: PathRules,
     forbidden_page: Option<CustomPage>,
     headers: HeaderPolicy,
@@ -253,6 +254,7 @@ fn compile_environment(
         instances,
         certificates,
         response_timeout: value.timeouts.response.0,
+        max_request_body: value.max_request_body.0,
         rules,
         forbidden_page,
         headers,
@@ -567,6 +569,7 @@ fn assemble(
         let mut environment = Environment::new(draft.name.into(), draft.instances, draft.response_timeout);
         environment.rules = draft.rules;
         environment.forbidden_page = draft.forbidden_page;
+        environment.max_request_body = draft.max_request_body;
         environment.headers = draft.headers;
         environments.push(environment);
     }

@@ -98,6 +98,8 @@ pub struct Environment {
     pub name: Box<str>,
     pub instances: Vec<Instance>,
     pub response_timeout: Duration,
+    /// Request body bytes at most (413 beyond).
+    pub max_request_body: u64,
     /// Path prefix → profile; empty means the environment is open.
     pub rules: PathRules,
     /// The environment's own 403 page, if any.
@@ -123,6 +125,7 @@ impl Environment {
             name,
             instances,
             response_timeout,
+            max_request_body: u64::MAX,
             rules: PathRules::default(),
             forbidden_page: None,
             headers: HeaderPolicy::default(),
