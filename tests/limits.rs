@@ -118,3 +118,61 @@ async fn request_bodies_over_the_environment_limit_get_413() {
     );
     assert_eq!(running.raw_status("shop.apps.test", small.as_bytes()).await, 200);
 }
+
+/// Wait until the server closes `stream` (EOF or reset), at most `WAIT`; true if it did.
+async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < common::WAIT {
+        match tokio::time::timeout(common::WAIT, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn slowloris_and_stalled_handshakes_are_closed_while_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let (_fixture, _app, running) =
+        start("request_header_timeout = \"300ms\"\ntls_handshake_timeout = \"300ms\"\n").await;
+
+    // A client that never finishes its request head.
+    let mut slow = running.try_tls_after(b"", CONNECT).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: shop.apps.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // A client that opens TCP and never says hello.
+    let mut silent = tokio::net::TcpStream::connect(running.https).await.unwrap();
+    let started = tokio::time::Instant::now();
+
+    // Meanwhile a normal client is served.
+    assert_eq!(running.get("shop.apps.test", "/").await.status, 200);
+
+    assert!(
+        closed_by_server(&mut slow).await,
+        "the slowloris connection stayed open"
+    );
+    assert!(closed_by_server(&mut silent).await, "the silent connection stayed open");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
+    let (_fixture, _app, running) = start("request_header_timeout = \"300ms\"\n").await;
+    let tls = running.try_tls_after(b"", CONNECT).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    use tokio::io::AsyncWriteExt;
+    writer
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer arrives, then nothing more is sent: the server closes the idle connection.
+    assert!(
+        closed_by_server(&mut reader).await,
+        "the idle keep-alive connection stayed open"
+    );
+}
