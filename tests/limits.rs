@@ -176,3 +176,34 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
         "the idle keep-alive connection stayed open"
     );
 }
+
+#[tokio::test]
+async fn a_connection_finishes_after_its_share_of_requests() {
+    let (_fixture, _app, running) = start("max_requests_per_connection = 3\n").await;
+    let mut h1 = running.h1("shop.apps.test").await;
+    for served in 1..=3 {
+        let answer = common::send_h1(&mut h1, common::get("shop.apps.test", "/")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.header("connection"),
+            (served == 3).then_some("close"),
+            "request {served}"
+        );
+    }
+    let mut h2 = running.h2("shop.apps.test").await;
+    for _ in 0..3 {
+        let request = http::Request::get("https://shop.apps.test/")
+            .body(http_body_util::BodyExt::boxed(http_body_util::Empty::new()))
+            .unwrap();
+        assert_eq!(common::send_h2(&mut h2, request).await.status, 200);
+    }
+    // Both connections are finished by the server: HTTP/1.1 closes, HTTP/2 goes away.
+    let started = tokio::time::Instant::now();
+    while !(h1.is_closed() && h2.is_closed()) {
+        assert!(
+            started.elapsed() < common::WAIT,
+            "a connection outlived its share of requests"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

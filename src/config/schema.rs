@@ -181,6 +181,9 @@ pub struct LimitsSection {
     /// Bytes of a request URI at most; more is 414.
     #[serde(default = "default_max_uri_bytes")]
     pub max_uri_bytes: usize,
+    /// Requests one connection may carry; then it finishes (HTTP/1.1 closes, HTTP/2 GOAWAY).
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: u64,
     /// Concurrent streams per HTTP/2 connection.
     #[serde(default = "default_max_streams")]
     pub http2_max_concurrent_streams: u32,
@@ -206,6 +209,10 @@ fn default_max_uri_bytes() -> usize {
     8 * 1024
 }
 
+fn default_max_requests_per_connection() -> u64 {
+    10_000
+}
+
 fn default_max_streams() -> u32 {
     100
 }
@@ -226,6 +233,7 @@ impl Default for LimitsSection {
             max_request_headers: default_max_headers(),
             max_uri_bytes: default_max_uri_bytes(),
             http2_max_concurrent_streams: default_max_streams(),
+            max_requests_per_connection: default_max_requests_per_connection(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use client_address::ClientAddress;
@@ -47,6 +48,10 @@ pub struct ConnectionInfo {
     pub tls_protocol: HeaderValue,
     pub tls_cipher: HeaderValue,
     pub client_certificate: Option<ClientCertificate>,
+    /// Requests received on this connection so far.
+    pub requests: AtomicU64,
+    /// Woken when the connection has served its share of requests and should finish.
+    pub retire: tokio::sync::Notify,
 }
 
 /// A certificate the client presented, with its verdict for each CA of the connection's policy.
@@ -130,6 +135,10 @@ pub async fn handle(
 ) -> Response<ObservedBody<ResponseBody>> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
+    // The connection's last request: answered, then the connection finishes (HTTP/1.1 closes,
+    // HTTP/2 sends GOAWAY), so that no client holds one connection forever.
+    let served = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let last_on_connection = served >= snapshot.settings.max_requests_per_connection;
     let method = request.method().clone();
     let version = request.version();
     let request_id = shared.request_ids.next();
@@ -148,6 +157,14 @@ pub async fn handle(
     )
     .await;
 
+    if last_on_connection {
+        if version != http::Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        connection.retire.notify_one();
+    }
     let environment = details.environment.and_then(|index| snapshot.environments.get(index));
     if environment.is_none() {
         // No environment took the request (400, 404, 421): the platform's own headers apply.

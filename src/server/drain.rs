@@ -53,8 +53,13 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Serve `connection` to its end, finishing it gracefully if the proxy starts draining.
-pub async fn serve_until_drained<C: GracefulConnection>(shared: &Shared, connection: C) -> C::Output {
+/// Serve `connection` to its end, finishing it gracefully if the proxy starts draining or
+/// `retire` is woken (the connection served its share of requests).
+pub async fn serve_until_drained<C: GracefulConnection>(
+    shared: &Shared,
+    connection: C,
+    retire: Option<&tokio::sync::Notify>,
+) -> C::Output {
     shared.open_connections.fetch_add(1, Ordering::SeqCst);
     let _open = Open(shared);
     let mut draining = shared.draining.subscribe();
@@ -62,6 +67,7 @@ pub async fn serve_until_drained<C: GracefulConnection>(shared: &Shared, connect
     tokio::select! {
         output = connection.as_mut() => return output,
         _ = draining.wait_for(|draining| *draining) => {}
+        _ = async { match retire { Some(retire) => retire.notified().await, None => std::future::pending().await } } => {}
     }
     connection.as_mut().graceful_shutdown();
     connection.await

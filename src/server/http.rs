@@ -23,6 +23,7 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
         )
     };
     let _open = shared.metrics.connection_opened(alpn_h2);
+    let retire_on = connection.clone();
     let service = {
         let shared = shared.clone();
         service_fn(move |request| {
@@ -50,7 +51,7 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
         builder.http1_only()
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(err) = super::drain::serve_until_drained(&shared, connection).await {
+    if let Err(err) = super::drain::serve_until_drained(&shared, connection, Some(&retire_on.retire)).await {
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
@@ -68,6 +69,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         tls_protocol: protocol_header(session.protocol_version()),
         tls_cipher: cipher_header(session.negotiated_cipher_suite()),
         client_certificate,
+        requests: AtomicU64::new(0),
+        retire: tokio::sync::Notify::new(),
     });
     super::http::serve(shared.clone(), connection, tls, alpn_h2).await;
 }

@@ -145,6 +145,7 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
         max_request_headers: limits.max_request_headers,
         max_uri_bytes: limits.max_uri_bytes,
         http2_max_concurrent_streams: limits.http2_max_concurrent_streams,
+        max_requests_per_connection: limits.max_requests_per_connection.max(1),
         watch_files: main.value.reload.watch_files,
         watch_debounce: main.value.reload.watch_debounce.0,
         upstream_connect_timeout: upstream.connect_timeout.0,

@@ -85,6 +85,7 @@ pub struct Settings {
     pub max_request_headers: usize,
     pub max_uri_bytes: usize,
     pub http2_max_concurrent_streams: u32,
+    pub max_requests_per_connection: u64,
     pub watch_files: bool,
     pub watch_debounce: Duration,
     pub upstream_connect_timeout: Duration,
