@@ -148,3 +148,48 @@ async fn openssl_client_sees_tls12_and_no_older_protocols() {
     );
     assert!(!tls11.status.success(), "{output}");
 }
+
+/// Sessions resume (stateless tickets with rotating keys), also after a reload, and never
+/// across host names.
+#[tokio::test]
+async fn sessions_resume_with_tickets_also_across_a_reload() {
+    use std::sync::Arc;
+    let (fixture, _app, _custom) = fixture_with_custom_domain().await;
+    let running = fixture.start().await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(fixture.ca.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = |name: &'static str| {
+        let connector = connector.clone();
+        let addr = running.https;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            // TLS 1.3 tickets arrive after the handshake: read until they are processed.
+            use tokio::io::AsyncWriteExt;
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: shop.apps.test\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            use tokio::io::AsyncReadExt;
+            let _ = tokio::time::timeout(common::WAIT, tls.read_to_end(&mut response)).await;
+            tls.get_ref().1.handshake_kind()
+        }
+    };
+    assert_eq!(connect("shop.apps.test").await, Some(rustls::HandshakeKind::Full));
+    assert_eq!(connect("shop.apps.test").await, Some(rustls::HandshakeKind::Resumed));
+    running
+        .proxy()
+        .reload(&fixture.path("gatehouse.toml"), gatehouse::server::ReloadTrigger::Api)
+        .unwrap();
+    assert_eq!(connect("shop.apps.test").await, Some(rustls::HandshakeKind::Resumed));
+    // Another name gets a full handshake of its own.
+    assert_eq!(connect("www.shop.example").await, Some(rustls::HandshakeKind::Full));
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::server::ProducesTickets;
 use rustls::sign::SingleCertAndKey;
 
 use super::client_auth::DeferredClientAuth;
@@ -21,6 +22,19 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .clone()
+}
+
+/// The process-wide session ticket issuer: stateless resumption with keys rotated every 6 hours
+/// (tickets live 12 hours). Shared by every policy and across reloads, so resumption survives a
+/// reload; rustls refuses to resume under another SNI, and client certificates are checked per
+/// request anyway, so a resumed session never skips a verification.
+fn ticketer() -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
+    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
+    if let Some(ticketer) = TICKETER.get() {
+        return Ok(ticketer.clone());
+    }
+    let made = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(TICKETER.get_or_init(|| made).clone())
 }
 
 /// ALPN protocols offered to clients, in order of preference.
@@ -74,6 +88,7 @@ impl TlsPolicy {
         let resolver = SingleCertAndKey::from(certificate.certified.clone());
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
+        config.ticketer = ticketer()?;
         Ok(Self {
             key: Self::key_for(certificate, role, &client_cas),
             server_config: Arc::new(config),
