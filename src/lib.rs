@@ -18,6 +18,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod rate_limit;
 pub mod route;
 pub mod server;
 pub mod snapshot;

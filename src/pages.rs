@@ -18,6 +18,9 @@ pub fn page(status: StatusCode) -> Response<ResponseBody> {
         StatusCode::PAYLOAD_TOO_LARGE => {
             "413 Content Too Large\n\nThe request body is larger than this site accepts.\n"
         }
+        StatusCode::TOO_MANY_REQUESTS => {
+            "429 Too Many Requests\n\nSlow down, and try again after the time in Retry-After.\n"
+        }
         StatusCode::URI_TOO_LONG => "414 URI Too Long\n\nThe request's address is longer than this site accepts.\n",
         StatusCode::MISDIRECTED_REQUEST => {
             "421 Misdirected Request\n\nThis host name is not served on this connection; open a new connection for it.\n"

@@ -207,3 +207,53 @@ async fn a_connection_finishes_after_its_share_of_requests() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    // Client addresses come from X-Forwarded-For here, so that one test can be two clients.
+    fixture.main_config("");
+    let main = std::fs::read_to_string(fixture.path("gatehouse.toml")).unwrap();
+    fixture.write(
+        "gatehouse.toml",
+        &main.replace("[tls]", "trusted_forwarders = [\"127.0.0.0/8\"]\n[tls]"),
+    );
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "[rate_limit]\nrequests_per_second = 1\nburst = 3\n",
+        ),
+    );
+    let running = fixture.start().await;
+    let mut sender = running.h1("shop.apps.test").await;
+    let from = |client: &str| {
+        http::Request::get("/")
+            .header("host", "shop.apps.test")
+            .header("x-forwarded-for", client)
+            .body(http_body_util::BodyExt::boxed(http_body_util::Empty::new()))
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(common::send_h1(&mut sender, from("192.0.2.1")).await);
+    }
+    let limited: Vec<_> = statuses.iter().filter(|answer| answer.status == 429).collect();
+    assert!(
+        statuses[..3].iter().all(|answer| answer.status == 200),
+        "the burst was not allowed"
+    );
+    assert!(
+        limited.len() >= 2,
+        "the flood was not limited: {:?}",
+        statuses.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    let retry_after: u64 = limited[0].header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    // Another address has its own bucket.
+    assert_eq!(common::send_h1(&mut sender, from("192.0.2.2")).await.status, 200);
+    assert_eq!(app.requests() as usize, statuses.len() - limited.len() + 1);
+}

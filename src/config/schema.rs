@@ -304,6 +304,8 @@ pub struct EnvironmentFile {
     /// the app, and a streamed body that grows larger is cut off with 413.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: ConfigSize,
+    /// Per-client rate limit; none by default.
+    pub rate_limit: Option<RateLimitSection>,
     /// Match access rules without regard to ASCII case, for apps that treat paths so.
     #[serde(default)]
     pub case_insensitive_paths: bool,
@@ -315,6 +317,16 @@ pub struct EnvironmentFile {
     /// Any other response header, checked for HTTP syntax only; same forms.
     #[serde(default)]
     pub custom_response_headers: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+/// `[rate_limit]`: a token bucket per client address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Sustained requests per second per client address.
+    pub requests_per_second: std::num::NonZeroU32,
+    /// Requests a client may make at once; default: `requests_per_second`.
+    pub burst: Option<std::num::NonZeroU32>,
 }
 
 #[derive(Debug, Deserialize)]

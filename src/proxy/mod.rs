@@ -241,6 +241,17 @@ async fn respond(
         &snapshot.settings.trusted_forwarders,
     );
     details.client = Some(client.ip);
+    if let Some(limiter) = &environment.rate_limiter
+        && let Err(wait) = limiter.check(client.ip)
+    {
+        let mut refusal = page(StatusCode::TOO_MANY_REQUESTS);
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        refusal
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        environment.headers.apply(refusal.headers_mut());
+        return refusal;
+    }
     let context = RequestContext {
         shared,
         connection,

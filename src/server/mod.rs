@@ -55,6 +55,8 @@ pub struct Shared {
     listeners: Mutex<ListenerSet>,
     /// Connection limits, checked once per connection.
     pub gate: gate::ConnectionGate,
+    /// Per-client rate limiters of every environment, across reloads.
+    pub rate_limits: crate::rate_limit::RateLimits,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
     pub fn install(&self, mut snapshot: Snapshot) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.metrics.adopt(&mut snapshot, generation);
+        self.rate_limits.attach(&mut snapshot);
         self.snapshot.store(Arc::new(snapshot));
     }
 
@@ -184,6 +187,8 @@ impl Proxy {
         let admin = snapshot.settings.admin.map(listeners::bind).transpose()?;
         let metrics = Arc::new(Metrics::new()?);
         metrics.adopt(&mut snapshot, 1);
+        let rate_limits = crate::rate_limit::RateLimits::default();
+        rate_limits.attach(&mut snapshot);
         let settings = snapshot.settings.clone();
         let shared = Arc::new(Shared {
             upstream: upstream::client(&snapshot.settings, metrics.upstream_connections()),
@@ -198,6 +203,17 @@ impl Proxy {
             open_connections: AtomicUsize::new(0),
             listeners: Mutex::new(ListenerSet::default()),
             gate: gate::ConnectionGate::default(),
+            rate_limits,
+        });
+        // Idle rate-limit buckets are dropped every few seconds, off the request path.
+        let tidying = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                let Some(shared) = tidying.upgrade() else { return };
+                shared.rate_limits.tidy();
+            }
         });
         shared.listeners().commit(prepared, &settings, &shared);
         let admin_addr = admin.as_ref().and_then(|socket| socket.local_addr().ok());

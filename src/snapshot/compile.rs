@@ -79,6 +79,7 @@ struct EnvironmentDraft {
     certificates: Vec<(ServingCertificate, String)>,
     response_timeout: std::time::Duration,
     max_request_body: u64,
+    rate: Option<crate::rate_limit::Rate>,
     rules: PathRules,
     forbidden_page: Option<CustomPage>,
     headers: HeaderPolicy,
@@ -256,6 +257,10 @@ fn compile_environment(
         certificates,
         response_timeout: value.timeouts.response.0,
         max_request_body: value.max_request_body.0,
+        rate: value.rate_limit.as_ref().map(|limit| crate::rate_limit::Rate {
+            per_second: limit.requests_per_second,
+            burst: limit.burst.unwrap_or(limit.requests_per_second),
+        }),
         rules,
         forbidden_page,
         headers,
@@ -571,6 +576,7 @@ fn assemble(
         environment.rules = draft.rules;
         environment.forbidden_page = draft.forbidden_page;
         environment.max_request_body = draft.max_request_body;
+        environment.rate = draft.rate;
         environment.headers = draft.headers;
         environments.push(environment);
     }

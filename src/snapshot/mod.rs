@@ -101,6 +101,10 @@ pub struct Environment {
     pub response_timeout: Duration,
     /// Request body bytes at most (413 beyond).
     pub max_request_body: u64,
+    /// Per-client rate, if limited.
+    pub rate: Option<crate::rate_limit::Rate>,
+    /// The buckets for `rate` (attached when a running proxy installs the snapshot).
+    pub rate_limiter: Option<Arc<crate::rate_limit::ClientLimiter>>,
     /// Path prefix → profile; empty means the environment is open.
     pub rules: PathRules,
     /// The environment's own 403 page, if any.
@@ -127,6 +131,8 @@ impl Environment {
             instances,
             response_timeout,
             max_request_body: u64::MAX,
+            rate: None,
+            rate_limiter: None,
             rules: PathRules::default(),
             forbidden_page: None,
             headers: HeaderPolicy::default(),
