@@ -60,10 +60,13 @@ impl ClientLimiter {
     }
 }
 
+/// Each environment's rate and buckets, by environment name.
+type LimitersByEnvironment = HashMap<Box<str>, (Rate, Arc<ClientLimiter>)>;
+
 /// The limiters of every environment, by name, across reloads.
 #[derive(Debug, Default)]
 pub struct RateLimits {
-    by_environment: Mutex<HashMap<Box<str>, (Rate, Arc<ClientLimiter>)>>,
+    by_environment: Mutex<LimitersByEnvironment>,
 }
 
 impl RateLimits {
