@@ -4,6 +4,7 @@
 //! * `/download/<bytes>`: streams that many bytes of a fixed pattern;
 //! * `/gated-download/<bytes>`: streams the first MiB, then waits for `release_download`;
 //! * `/slow`: answers after 5 s;
+//! * `/slow-reader`: reads the request body slowly (about 1 MiB/s);
 //! * `/trailers`: a chunked body followed by a `x-checksum` trailer;
 //! * `/ws`: accepts a WebSocket upgrade and echoes bytes;
 //! * anything else: a dump of the request as it arrived (`upstream`, method, path, headers).
@@ -110,6 +111,8 @@ async fn respond(name: &str, state: &Arc<State>, request: Request<Incoming>) -> 
         download(size.parse().unwrap_or(0), None)
     } else if let Some(size) = path.strip_prefix("/gated-download/") {
         download(size.parse().unwrap_or(0), Some(state.clone()))
+    } else if path == "/slow-reader" {
+        slow_reader(request).await
     } else if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
         text("slow answer".to_owned())
@@ -170,6 +173,17 @@ async fn upload(state: &Arc<State>, request: Request<Incoming>) -> Response<Body
         }
     }
     text(format!("received {total} {hash:x}"))
+}
+
+/// Reads the request body at about 1 MiB per second, then answers with what it read.
+async fn slow_reader(request: Request<Incoming>) -> Response<Body> {
+    let mut body = request.into_body();
+    let mut total = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        total += frame.data_ref().map_or(0, |data| data.len() as u64);
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+    text(format!("read {total}"))
 }
 
 fn download(size: u64, gate: Option<Arc<State>>) -> Response<Body> {
