@@ -17,7 +17,12 @@ const GROWTH_LIMIT_KIB: u64 = 64 * 1024;
 
 fn resident_kib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|pages| pages.parse::<u64>().ok()).unwrap_or(0) * 4
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4
 }
 
 /// The tests of this file measure the process's memory, so they run one at a time.
@@ -33,15 +38,24 @@ async fn a_client_that_does_not_read_does_not_make_gatehouse_buffer_the_download
     let running = fixture.start().await;
     let before = resident_kib();
     let mut tls = running
-        .tls(Connect { server_name: "shop.apps.test", send_sni: true, alpn: &[b"http/1.1"] })
+        .tls(Connect {
+            server_name: "shop.apps.test",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
         .await;
     // 512 MiB offered by the app; the client reads one buffer and then nothing.
-    tls.write_all(b"GET /download/536870912 HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n").await.unwrap();
+    tls.write_all(b"GET /download/536870912 HTTP/1.1\r\nHost: shop.apps.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut first = [0u8; 16384];
     let _ = tls.read(&mut first).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let growth = resident_kib().saturating_sub(before);
-    assert!(growth < GROWTH_LIMIT_KIB, "resident memory grew by {growth} KiB while the client did not read");
+    assert!(
+        growth < GROWTH_LIMIT_KIB,
+        "resident memory grew by {growth} KiB while the client did not read"
+    );
     drop(tls);
 }
 
@@ -53,13 +67,20 @@ async fn an_app_that_reads_slowly_does_not_make_gatehouse_buffer_the_upload() {
     fixture.main_config("");
     fixture.environment(
         "shop",
-        &environment_toml("shop", &["shop.apps.test"], &[app.addr], "max_request_body = \"1GiB\"\n"),
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "max_request_body = \"1GiB\"\n",
+        ),
     );
     let running = fixture.start().await;
     let before = resident_kib();
     // The client offers 512 MiB as fast as it is taken; the app reads about 1 MiB per second.
     let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
-    let frames = futures_util::stream::iter((0..8192).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))));
+    let frames = futures_util::stream::iter(
+        (0..8192).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))),
+    );
     let request = http::Request::post("/slow-reader")
         .header("host", "shop.apps.test")
         .body(StreamBody::new(frames).boxed())
@@ -68,6 +89,9 @@ async fn an_app_that_reads_slowly_does_not_make_gatehouse_buffer_the_upload() {
     let upload = tokio::spawn(async move { sender.send_request(request).await });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let growth = resident_kib().saturating_sub(before);
-    assert!(growth < GROWTH_LIMIT_KIB, "resident memory grew by {growth} KiB while the app read slowly");
+    assert!(
+        growth < GROWTH_LIMIT_KIB,
+        "resident memory grew by {growth} KiB while the app read slowly"
+    );
     upload.abort();
 }
