@@ -11,7 +11,7 @@ mod gate;
 mod http;
 mod listener;
 mod listeners;
-mod proxy_protocol;
+pub mod proxy_protocol;
 mod redirect;
 mod tls;
 

@@ -7,8 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use proxy_header::{ParseConfig, ProxyHeader};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The longest v1 header (RFC: 107 bytes including CRLF).
 const V1_MAX: usize = 107;
@@ -22,7 +21,7 @@ fn invalid(reason: &str) -> io::Error {
 
 /// Read the PROXY header at the start of `stream` and return the client address it names. A
 /// `LOCAL` header (the balancer's own health check) names no client: the TCP peer is used.
-pub async fn read_client_address(stream: &mut TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
+pub async fn read_client_address<S: AsyncRead + Unpin>(stream: &mut S, peer: SocketAddr) -> io::Result<SocketAddr> {
     let mut header = vec![0u8; 5];
     stream.read_exact(&mut header).await?;
     if header == b"PROXY" {
