@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Short fuzz runs for CI: every target for 30 s (the long runs are done by hand, see README).
+# cargo-fuzz runs on the stable toolchain with RUSTC_BOOTSTRAP=1.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+for target in config proxy_protocol path header_values request; do
+  seeds=()
+  if [ -d "seeds/$target" ]; then seeds=("seeds/$target"); fi
+  echo "-- fuzz $target (30 s)"
+  log=$(mktemp)
+  if ! cargo fuzz run "$target" "${seeds[@]}" -- -max_total_time=30 -rss_limit_mb=4096 > "$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "fuzz target $target failed"
+    exit 1
+  fi
+  grep -E "^Done" "$log" || { tail -n 20 "$log"; echo "fuzz target $target did not run"; exit 1; }
+  rm -f "$log"
+done
