@@ -6,8 +6,10 @@ cd "$(dirname "$0")/../fuzz"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 for target in config proxy_protocol path header_values request; do
-  seeds=()
-  if [ -d "seeds/$target" ]; then seeds=("seeds/$target"); fi
+  # New inputs go to corpus/ (not committed); seeds/ (committed) is only read.
+  mkdir -p "corpus/$target"
+  seeds=("corpus/$target")
+  if [ -d "seeds/$target" ]; then seeds+=("seeds/$target"); fi
   echo "-- fuzz $target (30 s)"
   log=$(mktemp)
   if ! cargo fuzz run "$target" "${seeds[@]}" -- -max_total_time=30 -rss_limit_mb=4096 > "$log" 2>&1; then

@@ -87,6 +87,12 @@ async fn upstream() -> SocketAddr {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
+        // libFuzzer's C `main` does not ignore SIGPIPE as a Rust `main` (and so gatehouse) does:
+        // without this, writing to a connection gatehouse closed would kill the harness.
+        // SAFETY: setting a signal disposition to SIG_IGN before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         // A panic in any gatehouse task must end the process, where libFuzzer can see it.
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
