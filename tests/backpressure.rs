@@ -15,16 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GROWTH_LIMIT_KIB: u64 = 64 * 1024;
 
-fn resident_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4
-}
-
 /// The tests of this file measure the process's memory, so they run one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -36,7 +26,7 @@ async fn a_client_that_does_not_read_does_not_make_gatehouse_buffer_the_download
     fixture.main_config("");
     fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let running = fixture.start().await;
-    let before = resident_kib();
+    let before = common::resident_kib();
     let mut tls = running
         .tls(Connect {
             server_name: "shop.apps.test",
@@ -51,7 +41,7 @@ async fn a_client_that_does_not_read_does_not_make_gatehouse_buffer_the_download
     let mut first = [0u8; 16384];
     let _ = tls.read(&mut first).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let growth = resident_kib().saturating_sub(before);
+    let growth = common::resident_kib().saturating_sub(before);
     assert!(
         growth < GROWTH_LIMIT_KIB,
         "resident memory grew by {growth} KiB while the client did not read"
@@ -75,7 +65,7 @@ async fn an_app_that_reads_slowly_does_not_make_gatehouse_buffer_the_upload() {
         ),
     );
     let running = fixture.start().await;
-    let before = resident_kib();
+    let before = common::resident_kib();
     // The client offers 512 MiB as fast as it is taken; the app reads about 1 MiB per second.
     let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
     let frames = futures_util::stream::iter(
@@ -88,7 +78,7 @@ async fn an_app_that_reads_slowly_does_not_make_gatehouse_buffer_the_upload() {
     let mut sender = running.h1("shop.apps.test").await;
     let upload = tokio::spawn(async move { sender.send_request(request).await });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let growth = resident_kib().saturating_sub(before);
+    let growth = common::resident_kib().saturating_sub(before);
     assert!(
         growth < GROWTH_LIMIT_KIB,
         "resident memory grew by {growth} KiB while the app read slowly"

@@ -9,16 +9,6 @@ use common::upstream::Upstream;
 use common::{Connect, Fixture, environment_toml};
 use http::Request;
 
-fn resident_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_does_not_grow_memory_and_others_are_served() {
     let fixture = Fixture::new();
@@ -27,7 +17,7 @@ async fn rapid_reset_does_not_grow_memory_and_others_are_served() {
     fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let running = fixture.start().await;
     assert_eq!(running.get("shop.apps.test", "/").await.status, 200);
-    let before = resident_kib();
+    let before = common::resident_kib();
 
     let tls = running
         .tls(Connect {
@@ -57,7 +47,7 @@ async fn rapid_reset_does_not_grow_memory_and_others_are_served() {
     drop(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let growth = resident_kib().saturating_sub(before);
+    let growth = common::resident_kib().saturating_sub(before);
     eprintln!(
         "{resets} rapid resets, {} requests reached the app, resident memory grew by {growth} KiB",
         app.requests()
@@ -101,7 +91,7 @@ async fn continuation_flood_is_cut_off() {
     fixture.main_config("");
     fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let running = fixture.start().await;
-    let before = resident_kib();
+    let before = common::resident_kib();
     let mut tls = running
         .tls(Connect {
             server_name: "shop.apps.test",
@@ -133,7 +123,7 @@ async fn continuation_flood_is_cut_off() {
         }
     };
     tokio::time::timeout(common::WAIT, flood).await.ok();
-    let growth = resident_kib().saturating_sub(before);
+    let growth = common::resident_kib().saturating_sub(before);
     assert!(
         sent < 256 * 1024 * 1024,
         "the server accepted a {sent}-byte header block"

@@ -328,3 +328,14 @@ pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Answer 
         trailers,
     }
 }
+
+/// Resident memory of this process, in KiB (from /proc/self/statm, 4 KiB pages).
+pub fn resident_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4
+}
