@@ -231,7 +231,7 @@ async fn serve_until_stopped(proxy: &Proxy, config: &Path) {
                 reloading.extend(NotifyState::monotonic_usec_now().ok());
                 tell_systemd(&reloading);
                 // A refused configuration is logged and audited; the running one stays.
-                let _ = proxy.reload(config, ReloadTrigger::Signal);
+                let _ = tokio::task::block_in_place(|| proxy.reload(config, ReloadTrigger::Signal));
                 tell_systemd(&[NotifyState::Ready]);
             }
         }

@@ -23,4 +23,5 @@ pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod upstream;
 pub mod watch;

@@ -43,9 +43,11 @@ pub enum UpstreamError {
     Connect,
     Timeout,
     Other,
+    /// No instance was available (all down or ejected): 503.
+    NoInstance,
 }
 
-const UPSTREAM_ERRORS: [&str; 3] = ["connect", "timeout", "other"];
+const UPSTREAM_ERRORS: [&str; 4] = ["connect", "timeout", "other", "no_instance"];
 
 /// Why a TLS handshake failed, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,9 @@ struct Families {
     sent_bytes: IntCounterVec,
     access_decisions: IntCounterVec,
     upstream_errors: IntCounterVec,
+    upstream_retries: IntCounterVec,
+    upstream_ejections: IntCounterVec,
+    health_checks: IntCounterVec,
 }
 
 #[derive(Debug)]
@@ -99,6 +104,7 @@ pub struct Metrics {
     certificate_expiry: GaugeVec,
     log_lines_dropped: IntCounter,
     upstream_connections: IntGauge,
+    instance_healthy: IntGaugeVec,
     /// `gatehouse_connections_refused_total` for the total and the per-client limit.
     connections_refused: [IntCounter; 2],
     environments: Mutex<HashMap<Box<str>, Arc<EnvironmentMetrics>>>,
@@ -165,10 +171,36 @@ impl Metrics {
             upstream_errors: counter_vec(
                 &registry,
                 "gatehouse_upstream_errors_total",
-                "Requests to app instances that failed, by kind (connect, timeout, other).",
+                "Requests to app instances that failed, by kind (connect, timeout, other, no_instance).",
                 &["environment", "kind"],
             )?,
+            upstream_retries: counter_vec(
+                &registry,
+                "gatehouse_upstream_retries_total",
+                "Requests sent again to another instance after a failed attempt that was safe to repeat.",
+                &["environment"],
+            )?,
+            upstream_ejections: counter_vec(
+                &registry,
+                "gatehouse_upstream_ejections_total",
+                "Instances taken out of rotation by passive detection (consecutive failures).",
+                &["environment"],
+            )?,
+            health_checks: counter_vec(
+                &registry,
+                "gatehouse_upstream_health_checks_total",
+                "Active health checks, by result (success, failure).",
+                &["environment", "result"],
+            )?,
         };
+        let instance_healthy = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_upstream_instance_healthy",
+                "Whether an instance takes new requests (1) or is down or ejected (0), by environment and instance.",
+            ),
+            &["environment", "instance"],
+        )?;
+        registry.register(Box::new(instance_healthy.clone()))?;
         let connections_vec = IntGaugeVec::new(
             Opts::new(
                 "gatehouse_downstream_connections",
@@ -262,12 +294,24 @@ impl Metrics {
             certificate_expiry,
             log_lines_dropped,
             upstream_connections,
+            instance_healthy,
             connections_refused: [
                 refused.get_metric_with_label_values(&["max_connections"])?,
                 refused.get_metric_with_label_values(&["max_connections_per_client"])?,
             ],
             environments: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Publish every instance's availability (environment, instance, available), replacing what
+    /// was published before, so that instances that are gone disappear. Called per scrape.
+    pub fn set_instance_states(&self, states: &[(Box<str>, Box<str>, bool)]) {
+        self.instance_healthy.reset();
+        for (environment, instance, available) in states {
+            if let Ok(gauge) = self.instance_healthy.get_metric_with_label_values(&[environment, instance]) {
+                gauge.set(i64::from(*available));
+            }
+        }
     }
 
     /// The text exposition of every metric.
@@ -382,7 +426,10 @@ pub struct EnvironmentMetrics {
     received_bytes: OnceLock<IntCounter>,
     sent_bytes: OnceLock<IntCounter>,
     decisions: [OnceLock<IntCounter>; 9],
-    upstream_errors: [OnceLock<IntCounter>; 3],
+    upstream_errors: [OnceLock<IntCounter>; 4],
+    retries: OnceLock<IntCounter>,
+    ejections: OnceLock<IntCounter>,
+    health_checks: [OnceLock<IntCounter>; 2],
 }
 
 fn resolve<M: Clone>(slot: &OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> Option<&M> {
@@ -479,6 +526,19 @@ impl EnvironmentMetrics {
             |f| &f.upstream_errors,
             &[&self.name, UPSTREAM_ERRORS[index]],
         );
+    }
+
+    pub fn upstream_retried(&self) {
+        self.counter(&self.retries, |f| &f.upstream_retries, &[&self.name]);
+    }
+
+    pub fn instance_ejected(&self) {
+        self.counter(&self.ejections, |f| &f.upstream_ejections, &[&self.name]);
+    }
+
+    pub fn health_checked(&self, passed: bool) {
+        let (index, result) = if passed { (0, "success") } else { (1, "failure") };
+        self.counter(&self.health_checks[index], |f| &f.health_checks, &[&self.name, result]);
     }
 
     pub fn decided(&self, decision: Decision) {

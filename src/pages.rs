@@ -4,10 +4,11 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+
+use crate::upstream::UpstreamBody;
 
 /// What gatehouse sends to clients: the app's streamed body, or a page of its own.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// A response of gatehouse's own with its short explanatory page.
 pub fn page(status: StatusCode) -> Response<ResponseBody> {

@@ -163,7 +163,7 @@ fn bad_addresses_are_refused() {
     fixture.write("gatehouse.toml", "environments = \"env/*.toml\"\n[listen]\nhttps = [\"127.0.0.1\"]\n[tls]\ncertificate = \"platform.pem\"\nkey = \"platform.key\"\n");
     fixture.environment(
         "shop",
-        "name = \"shop\"\ndomains = [\"shop.apps.test\"]\nupstreams = [\"app-1:80\"]\n",
+        "name = \"shop\"\ndomains = [\"shop.apps.test\"]\nupstreams = [\"app-1\"]\n",
     );
     let errors = refused(&fixture);
     assert!(
@@ -172,7 +172,7 @@ fn bad_addresses_are_refused() {
     );
     assert!(
         errors.contains(&format!(
-            "{}:3: key `upstreams`: expected an address as ip:port",
+            "{}:3: key `upstreams`: expected an instance as ip:port or host:port",
             env_path(&fixture, "shop")
         )),
         "{errors}"

@@ -81,7 +81,8 @@ async fn start_with(upstreams: &[(&str, std::net::SocketAddr)], healthy: &Upstre
                 name,
                 &[&format!("{name}.apps.test")],
                 &[*addr],
-                "[timeouts]\nresponse = \"2s\"\n",
+                // Ejecting the broken instances (and answering 503) is tested elsewhere.
+                "[timeouts]\nresponse = \"2s\"\n[outlier_detection]\nconsecutive_failures = 0\n",
             ),
         );
     }

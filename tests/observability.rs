@@ -211,8 +211,18 @@ async fn metrics_count_a_known_sequence_exactly() {
     );
     // The shop's keep-alive connection stays in the pool.
     assert!(parsed["gatehouse_upstream_connections"] >= 1.0, "{text}");
-    // Nothing is labelled by path or client address.
-    assert!(!text.contains("office/") && !text.contains("127.0.0.1"), "{text}");
+    // Each configured instance has its health state, labelled by its (configured) address...
+    let shop_instance = text
+        .lines()
+        .find(|line| line.starts_with("gatehouse_upstream_instance_healthy{environment=\"shop\""))
+        .unwrap_or_else(|| panic!("no instance state for shop in\n{text}"));
+    assert!(shop_instance.ends_with(" 1"), "{shop_instance}");
+    // ...and nothing is labelled by path or client address.
+    let other_lines: String = text
+        .lines()
+        .filter(|line| !line.starts_with("gatehouse_upstream_instance_healthy{"))
+        .collect();
+    assert!(!other_lines.contains("office/") && !other_lines.contains("127.0.0.1"), "{text}");
 }
 
 #[tokio::test]

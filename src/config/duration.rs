@@ -35,3 +35,25 @@ impl fmt::Display for ConfigDuration {
         write!(f, "{}", humantime::format_duration(self.0))
     }
 }
+
+/// A duration that may be turned off: `"off"` or a duration such as `"30s"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for OptionalDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "off" {
+            return Ok(Self(None));
+        }
+        let duration = humantime::parse_duration(&text).map_err(|err| {
+            serde::de::Error::custom(format!(
+                "expected \"off\" or a duration such as \"500ms\", \"30s\" or \"2m\", found {text:?} ({err})"
+            ))
+        })?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom("expected a duration greater than zero, or \"off\""));
+        }
+        Ok(Self(Some(duration)))
+    }
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::duration::ConfigDuration;
+use super::duration::{ConfigDuration, OptionalDuration};
 use super::size::ConfigSize;
 use crate::access::profile::Require;
 use crate::logs::AccessFormat;
@@ -259,6 +259,12 @@ pub struct UpstreamSection {
     /// Idle keep-alive connections kept per app instance.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_instance: usize,
+    /// Name servers (`ip:port`) for upstream host names; empty: the system resolver.
+    #[serde(default)]
+    pub nameservers: Vec<Spanned<String>>,
+    /// How often upstream host names are resolved again.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: ConfigDuration,
 }
 
 impl Default for UpstreamSection {
@@ -267,6 +273,8 @@ impl Default for UpstreamSection {
             connect_timeout: default_connect_timeout(),
             pool_idle_timeout: default_pool_idle_timeout(),
             pool_max_idle_per_instance: default_pool_max_idle(),
+            nameservers: Vec::new(),
+            resolve_interval: default_resolve_interval(),
         }
     }
 }
@@ -283,6 +291,10 @@ fn default_pool_max_idle() -> usize {
     64
 }
 
+fn default_resolve_interval() -> ConfigDuration {
+    ConfigDuration::secs(30)
+}
+
 /// One file per app environment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,8 +302,29 @@ pub struct EnvironmentFile {
     pub name: Spanned<String>,
     /// Exact names and `*.suffix` wildcards.
     pub domains: Spanned<Vec<Spanned<String>>>,
-    /// The app instances, as `ip:port`.
+    /// The app instances, as `ip:port` or `host:port`.
     pub upstreams: Spanned<Vec<Spanned<String>>>,
+    /// How requests are spread over the instances.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Times a failed request is sent again to another instance, where that is safe.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// A file whose content replaces gatehouse's 503 page when no instance is available.
+    pub maintenance_page: Option<Spanned<String>>,
+    /// `Retry-After` of that 503.
+    #[serde(default = "default_maintenance_retry_after")]
+    pub maintenance_retry_after: ConfigDuration,
+    /// Keep-alive pool limits; default: the main file's `[upstream]` values.
+    #[serde(default)]
+    pub pool: PoolSection,
+    /// Active health checks; none by default.
+    pub health_check: Option<HealthCheckSection>,
+    /// Passive detection: ejecting instances that keep failing.
+    #[serde(default)]
+    pub outlier_detection: OutlierSection,
+    /// TLS to the instances; plain HTTP by default.
+    pub upstream_tls: Option<UpstreamTlsSection>,
     /// Custom-domain certificates; each serves the environment's domains it covers.
     #[serde(default)]
     pub certificates: Vec<CertificateEntry>,
@@ -339,17 +372,159 @@ pub struct CertificateEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentTimeouts {
+    /// Time allowed to open a connection (and TLS) to an instance; default: the main file's
+    /// `upstream.connect_timeout`.
+    pub connect: Option<ConfigDuration>,
     /// Time allowed between sending the request and receiving the response head (then 504).
     #[serde(default = "default_response_timeout")]
     pub response: ConfigDuration,
+    /// Time the app may leave a response body without sending anything; `"off"`: no limit.
+    #[serde(default = "default_idle_timeout")]
+    pub idle: OptionalDuration,
+    /// Time for a whole exchange, from the request to the end of the response body, except for
+    /// upgraded (WebSocket) connections; `"off"` (the default): no limit.
+    #[serde(default)]
+    pub total: OptionalDuration,
 }
 
 impl Default for EnvironmentTimeouts {
     fn default() -> Self {
         Self {
+            connect: None,
             response: default_response_timeout(),
+            idle: default_idle_timeout(),
+            total: OptionalDuration::default(),
         }
     }
+}
+
+fn default_idle_timeout() -> OptionalDuration {
+    OptionalDuration(Some(std::time::Duration::from_secs(60)))
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+fn default_maintenance_retry_after() -> ConfigDuration {
+    ConfigDuration::secs(30)
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    LeastOutstanding,
+}
+
+/// `[pool]`: idle keep-alive connections to the instances.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    pub max_idle_per_instance: Option<usize>,
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+/// `[health_check]`: a GET to every instance at each interval.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    pub path: Spanned<String>,
+    /// `Host` of the checks; default: the environment's first exact domain.
+    pub host: Option<String>,
+    #[serde(default = "default_check_interval")]
+    pub interval: ConfigDuration,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: ConfigDuration,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: std::num::NonZeroU32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: std::num::NonZeroU32,
+    /// A status (`"200"`) or an inclusive range (`"200-399"`, the default).
+    pub expected_status: Option<Spanned<String>>,
+}
+
+fn default_check_interval() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+
+fn default_check_timeout() -> ConfigDuration {
+    ConfigDuration::secs(2)
+}
+
+fn default_healthy_threshold() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::MIN.saturating_add(1)
+}
+
+fn default_unhealthy_threshold() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::MIN.saturating_add(2)
+}
+
+/// `[outlier_detection]`: ejecting an instance after consecutive failures.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    /// 0 turns passive detection off.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection: ConfigDuration,
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection: ConfigDuration,
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: Spanned<u8>,
+    /// `"off"`: a returning instance takes its full share at once.
+    #[serde(default = "default_slow_start")]
+    pub slow_start: OptionalDuration,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+            max_ejected_percent: default_max_ejected_percent(),
+            slow_start: default_slow_start(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+
+fn default_base_ejection() -> ConfigDuration {
+    ConfigDuration::secs(10)
+}
+
+fn default_max_ejection() -> ConfigDuration {
+    ConfigDuration::secs(300)
+}
+
+fn default_max_ejected_percent() -> Spanned<u8> {
+    Spanned::new(0..0, 50)
+}
+
+fn default_slow_start() -> OptionalDuration {
+    OptionalDuration(Some(std::time::Duration::from_secs(30)))
+}
+
+/// `[upstream_tls]`: HTTPS to the instances.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// PEM bundle of the CA(s) that sign the instances' certificates.
+    pub ca: Spanned<String>,
+    /// Name the certificates must carry; default: each upstream's host name (or IP address).
+    pub server_name: Option<Spanned<String>>,
+    /// Client certificate chain and key (PEM) to present, for apps that require mTLS.
+    pub certificate: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// Offer HTTP/2 over ALPN (used when the instance picks it).
+    #[serde(default = "default_true")]
+    pub http2: bool,
 }
 
 fn default_max_request_body() -> ConfigSize {

@@ -2,15 +2,16 @@
 //!
 //! The request is rewritten for the app (hop-by-hop headers out; `Host` kept; gatehouse's own
 //! `X-Forwarded-*`, `X-Real-IP` and `X-Request-Id` in, whatever the client sent under those
-//! names), sent over the shared keep-alive pool, and the response streams back. Bodies are
-//! never buffered.
+//! names), handed to the environment's upstream group (which picks an instance, pools
+//! connections and retries where safe), and the response streams back, held to the
+//! environment's idle and total timeouts. Bodies are never buffered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -21,6 +22,9 @@ use super::upgrade;
 use super::{ConnectionInfo, RequestContext};
 use crate::metrics::UpstreamError;
 use crate::pages::{ResponseBody, page};
+use crate::snapshot::Environment;
+use crate::upstream::exchange::{self, Answered, Failed, Failure, Outgoing, Policy};
+use crate::upstream::{Deadlines, UpstreamBody};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -75,25 +79,28 @@ pub async fn forward(
     details: &mut Details,
 ) -> Response<ResponseBody> {
     let RequestContext {
-        shared,
         connection,
         environment,
         client,
         request_id,
+        ..
     } = *context;
-    let Some(instance) = environment.pick_instance() else {
-        return page(StatusCode::SERVICE_UNAVAILABLE);
-    };
     let upgrade_protocol = upgrade::requested_protocol(&request);
     let downstream_upgrade = upgrade_protocol.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    // Upgraded connections live as long as their users want; every other exchange has its limit.
+    let total_deadline = environment
+        .total_timeout
+        .filter(|_| upgrade_protocol.is_none())
+        .map(|total| tokio::time::Instant::now() + total);
 
     let (mut parts, body) = request.into_parts();
-    let Ok(uri) = upstream_uri(instance.authority.clone(), &parts.uri) else {
+    let Ok(uri) = origin_form(&parts.uri) else {
         return page(StatusCode::BAD_REQUEST);
     };
     let from_http2 = parts.version == Version::HTTP_2;
     rewrite_request_headers(&mut parts.headers, from_http2);
-    set_forwarding_headers(&mut parts.headers, connection, client, host, request_id.clone());
+    set_forwarding_headers(&mut parts.headers, connection, client, host.clone(), request_id.clone());
+    let upgrade = upgrade_protocol.is_some();
     if let Some(protocol) = upgrade_protocol {
         upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
     }
@@ -117,33 +124,40 @@ pub async fn forward(
         limit,
         exceeded: exceeded.clone(),
     };
-    let body = CountedBody::new(body, received);
-    let sent_at = Instant::now();
-    let sent = shared.upstream.request(Request::from_parts(parts, body));
-    let outcome = tokio::time::timeout(environment.response_timeout, sent).await;
-    let waited = sent_at.elapsed();
-    details.upstream = Some((instance.addr, waited));
-    let response = match outcome {
-        Err(_elapsed) => {
-            tracing::warn!(environment = %environment.name, instance = %instance.addr, "upstream response timed out");
-            environment.metrics.upstream_failed(UpstreamError::Timeout);
-            return page(StatusCode::GATEWAY_TIMEOUT);
-        }
-        Ok(Err(_)) if exceeded.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst)) => {
-            return page(StatusCode::PAYLOAD_TOO_LARGE);
-        }
-        Ok(Err(err)) => {
-            tracing::warn!(environment = %environment.name, instance = %instance.addr, error = %err, "upstream request failed");
-            let kind = if err.is_connect() {
-                UpstreamError::Connect
-            } else {
-                UpstreamError::Other
-            };
-            environment.metrics.upstream_failed(kind);
-            return page(StatusCode::BAD_GATEWAY);
-        }
-        Ok(Ok(response)) => response,
+    let outgoing = Outgoing {
+        request: Request::from_parts(parts, Either::Left(CountedBody::new(body, received))),
+        host,
+        upgrade,
     };
+    let policy = Policy {
+        retries: environment.retries,
+        response_timeout: environment.response_timeout,
+    };
+    let sending = exchange::send(&environment.upstream, outgoing, policy);
+    let outcome = match total_deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, sending).await.unwrap_or_else(|_| {
+            Err(Failed {
+                failure: Failure::Timeout(environment.total_timeout.unwrap_or_default()),
+                instance: None,
+                waited: Duration::ZERO,
+            })
+        }),
+        None => sending.await,
+    };
+    let answered = match outcome {
+        Ok(answered) => answered,
+        Err(failed) => {
+            details.upstream = failed.instance.map(|addr| (addr, failed.waited));
+            let too_large = exceeded.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+            return failure_page(environment, &failed, too_large);
+        }
+    };
+    let Answered {
+        response,
+        lease,
+        waited,
+    } = answered;
+    details.upstream = Some((lease.instance().addr, waited));
     environment.metrics.upstream_answered(waited);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -155,20 +169,46 @@ pub async fn forward(
     }
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
+    let deadlines = Deadlines {
+        idle: environment.idle_timeout,
+        total: total_deadline,
+    };
+    Response::from_parts(parts, Either::Left(UpstreamBody::new(body, deadlines, lease)))
 }
 
-/// The absolute URI the pool needs: the instance's address, the request's path and query.
-fn upstream_uri(authority: http::uri::Authority, original: &Uri) -> Result<Uri, http::Error> {
+/// The answer when no instance answered: 503 (with the maintenance page) when none was
+/// available, 504 on a timeout, 413 for a body that outgrew its limit, else 502.
+fn failure_page(environment: &Environment, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
+    let instance = failed.instance.map(|addr| addr.to_string()).unwrap_or_default();
+    tracing::warn!(environment = %environment.name, instance, error = %failed.failure, "upstream request failed");
+    let (status, kind) = match &failed.failure {
+        Failure::NoInstance => (StatusCode::SERVICE_UNAVAILABLE, UpstreamError::NoInstance),
+        Failure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, UpstreamError::Timeout),
+        Failure::Connect(_) => (StatusCode::BAD_GATEWAY, UpstreamError::Connect),
+        Failure::Broken(_) if too_large => return page(StatusCode::PAYLOAD_TOO_LARGE),
+        Failure::Broken(_) => (StatusCode::BAD_GATEWAY, UpstreamError::Other),
+    };
+    environment.metrics.upstream_failed(kind);
+    if status != StatusCode::SERVICE_UNAVAILABLE {
+        return page(status);
+    }
+    let mut response = match &environment.maintenance_page {
+        Some(custom) => custom.respond(status),
+        None => page(status),
+    };
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, environment.maintenance_retry_after.clone());
+    response
+}
+
+/// The request's path and query, as an HTTP/1.1 request line carries it.
+fn origin_form(original: &Uri) -> Result<Uri, http::Error> {
     let path = original
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
+    Uri::builder().path_and_query(path).build()
 }
 
 /// Remove what must not travel from the client to the app, and translate HTTP/2-only forms.

@@ -9,7 +9,6 @@ pub mod client_address;
 pub mod forward;
 pub mod observe;
 pub mod upgrade;
-pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

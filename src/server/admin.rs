@@ -69,6 +69,7 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
     }
     match request.uri().path() {
         "/metrics" => {
+            shared.metrics.set_instance_states(&shared.upstreams.states());
             let mut response = text(StatusCode::OK, shared.metrics.render());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -31,14 +31,14 @@ use crate::config::{ConfigError, ConfigErrors};
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
 use crate::proxy::forward::RequestIds;
-use crate::proxy::upstream::{self, UpstreamClient};
 use crate::snapshot::Snapshot;
 use listeners::ListenerSet;
 
 /// State shared by every connection and request.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    pub upstream: UpstreamClient,
+    /// Every environment's instances, health and pools, across reloads.
+    pub upstreams: crate::upstream::Upstreams,
     pub request_ids: RequestIds,
     pub metrics: Arc<Metrics>,
     pub access_log: LogSink,
@@ -65,6 +65,7 @@ impl Shared {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.metrics.adopt(&mut snapshot, generation);
         self.rate_limits.attach(&mut snapshot);
+        self.upstreams.attach(&mut snapshot, &self.metrics);
         self.snapshot.store(Arc::new(snapshot));
     }
 
@@ -189,9 +190,11 @@ impl Proxy {
         metrics.adopt(&mut snapshot, 1);
         let rate_limits = crate::rate_limit::RateLimits::default();
         rate_limits.attach(&mut snapshot);
+        let upstreams = crate::upstream::Upstreams::default();
+        upstreams.attach(&mut snapshot, &metrics);
         let settings = snapshot.settings.clone();
         let shared = Arc::new(Shared {
-            upstream: upstream::client(&snapshot.settings, metrics.upstream_connections()),
+            upstreams,
             access_log: LogSink::start(snapshot.settings.access_log.clone(), metrics.clone()),
             audit_log: LogSink::start(snapshot.settings.audit_log.clone(), metrics.clone()),
             snapshot: ArcSwap::from_pointee(snapshot),

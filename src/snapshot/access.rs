@@ -199,8 +199,14 @@ pub fn compile_rules(
 }
 
 /// The environment's own 403 page, if it names one.
-pub fn load_forbidden_page(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> Option<CustomPage> {
-    let written = file.value.forbidden_page.as_ref()?;
+/// An environment's own page file (403 or 503), read once at load.
+pub fn load_page(
+    file: &SourceFile<EnvironmentFile>,
+    written: Option<&Spanned<String>>,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<CustomPage> {
+    let written = written?;
     let path = file.resolve(written.get_ref());
     let read = std::fs::metadata(&path)
         .and_then(|meta| {
@@ -219,7 +225,7 @@ pub fn load_forbidden_page(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<
             Some(CustomPage::new(Bytes::from(bytes), html))
         }
         Err(message) => {
-            errors.push(file.error_at(&written.span(), "forbidden_page", message));
+            errors.push(file.error_at(&written.span(), key, message));
             None
         }
     }

@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::uri::Authority;
 use toml::Spanned;
 
-use super::access::{Profiles, compile_profiles, compile_rules, load_forbidden_page, parse_ranges};
+use super::access::{Profiles, compile_profiles, compile_rules, load_page, parse_ranges};
 use super::headers::compile_headers;
 use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_warning, unix_now};
-use super::{Environment, Instance, Settings, Snapshot};
+use super::upstream::compile_upstream;
+use super::{Environment, Settings, Snapshot};
 use crate::access::profile::{ClientCa, Profile};
 use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
@@ -27,6 +27,7 @@ use crate::pages::CustomPage;
 use crate::route::{Route, RouteTable};
 use crate::tls::material::ServingCertificate;
 use crate::tls::policy::{CertificateRole, TlsPolicy, crypto_provider};
+use crate::upstream::resolve::Resolver;
 
 /// Compile loaded configuration files into a snapshot, or report every problem found.
 pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
@@ -40,7 +41,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     let drafts: Vec<EnvironmentDraft> = loaded
         .environments
         .iter()
-        .filter_map(|file| compile_environment(file, &profiles, &mut claims, &mut names, &mut errors))
+        .filter_map(|file| compile_environment(file, &settings, &profiles, &mut claims, &mut names, &mut errors))
         .collect();
 
     let platform = match platform_source {
@@ -75,7 +76,12 @@ struct EnvironmentDraft {
     name: String,
     file: PathBuf,
     domains: Vec<DomainDraft>,
-    instances: Vec<Instance>,
+    upstream: crate::upstream::UpstreamGroup,
+    retries: u32,
+    idle_timeout: Option<std::time::Duration>,
+    total_timeout: Option<std::time::Duration>,
+    maintenance_page: Option<CustomPage>,
+    maintenance_retry_after: u64,
     certificates: Vec<(ServingCertificate, String)>,
     response_timeout: std::time::Duration,
     max_request_body: u64,
@@ -152,7 +158,24 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
         upstream_connect_timeout: upstream.connect_timeout.0,
         pool_idle_timeout: upstream.pool_idle_timeout.0,
         pool_max_idle_per_instance: upstream.pool_max_idle_per_instance,
+        resolver: compile_resolver(main, errors),
+        resolve_interval: upstream.resolve_interval.0,
     }
+}
+
+fn compile_resolver(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Resolver {
+    let written = &main.value.upstream.nameservers;
+    if written.is_empty() {
+        return Resolver::System;
+    }
+    let mut servers = Vec::new();
+    for entry in written {
+        match parse_socket_addr(entry.get_ref()) {
+            Ok(addr) => servers.push(addr),
+            Err(message) => errors.push(main.error_at(&entry.span(), "upstream.nameservers", message)),
+        }
+    }
+    Resolver::NameServers(servers)
 }
 
 fn parse_listeners(
@@ -223,6 +246,7 @@ fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -
 
 fn compile_environment(
     file: &SourceFile<EnvironmentFile>,
+    settings: &Settings,
     profiles: &Profiles,
     claims: &mut HashMap<String, Claim>,
     names: &mut HashMap<String, PathBuf>,
@@ -241,19 +265,26 @@ fn compile_environment(
         ));
     }
 
-    let instances = compile_upstreams(file, errors);
+    let upstream = compile_upstream(file, settings, errors);
+    let maintenance_page = load_page(file, value.maintenance_page.as_ref(), "maintenance_page", errors);
     let certificates = load_certificates(file, errors);
     let domains = compile_domains(file, &name, &certificates, claims, errors);
     check_certificates_used(file, &certificates, &domains, errors);
     let rules = compile_rules(file, profiles, errors);
-    let forbidden_page = load_forbidden_page(file, errors);
+    let forbidden_page = load_page(file, value.forbidden_page.as_ref(), "forbidden_page", errors);
     let headers = compile_headers(file, errors);
 
+    let upstream = upstream?;
     (errors.len() == before).then(|| EnvironmentDraft {
         name,
         file: file.path.clone(),
         domains,
-        instances,
+        upstream,
+        retries: value.retries,
+        idle_timeout: value.timeouts.idle.0,
+        total_timeout: value.timeouts.total.0,
+        maintenance_page,
+        maintenance_retry_after: value.maintenance_retry_after.0.as_secs().max(1),
         certificates,
         response_timeout: value.timeouts.response.0,
         max_request_body: value.max_request_body.0,
@@ -282,29 +313,6 @@ fn validate_environment_name(name: &str) -> Result<(), String> {
             "expected a name of 1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit, found {name:?}"
         ))
     }
-}
-
-fn compile_upstreams(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> Vec<Instance> {
-    let written = &file.value.upstreams;
-    if written.get_ref().is_empty() {
-        errors.push(file.error_at(
-            &written.span(),
-            "upstreams",
-            "expected at least one app instance address, such as [\"127.0.0.1:9001\"]",
-        ));
-    }
-    let mut instances = Vec::new();
-    for entry in written.get_ref() {
-        let parsed = parse_socket_addr(entry.get_ref()).and_then(|addr| {
-            let authority = Authority::try_from(addr.to_string()).map_err(|err| err.to_string())?;
-            Ok(Instance { addr, authority })
-        });
-        match parsed {
-            Ok(instance) => instances.push(instance),
-            Err(message) => errors.push(file.error_at(&entry.span(), "upstreams", message)),
-        }
-    }
-    instances
 }
 
 fn load_certificates(
@@ -557,7 +565,12 @@ fn assemble(
             name: draft.name.clone(),
             file: draft.file.clone(),
             domains: draft.domains.iter().map(|d| d.name.clone()).collect(),
-            upstreams: draft.instances.iter().map(|i| i.addr.to_string()).collect(),
+            upstreams: draft
+                .upstream
+                .instances()
+                .iter()
+                .map(|instance| instance.label.to_string())
+                .collect(),
             certificates,
             sha256: draft.sha256.clone(),
             domain_expiry: draft
@@ -572,7 +585,12 @@ fn assemble(
                 })
                 .collect(),
         });
-        let mut environment = Environment::new(draft.name.into(), draft.instances, draft.response_timeout);
+        let mut environment = Environment::new(draft.name.into(), Arc::new(draft.upstream), draft.response_timeout);
+        environment.retries = draft.retries;
+        environment.idle_timeout = draft.idle_timeout;
+        environment.total_timeout = draft.total_timeout;
+        environment.maintenance_page = draft.maintenance_page;
+        environment.maintenance_retry_after = http::HeaderValue::from(draft.maintenance_retry_after);
         environment.rules = draft.rules;
         environment.forbidden_page = draft.forbidden_page;
         environment.max_request_body = draft.max_request_body;

@@ -7,15 +7,15 @@
 mod access;
 mod compile;
 mod headers;
+mod upstream;
 pub mod summary;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
+use http::HeaderValue;
 
 use crate::access::profile::Profile;
 use crate::access::ranges::RangeSet;
@@ -26,6 +26,7 @@ use crate::metrics::EnvironmentMetrics;
 use crate::pages::CustomPage;
 use crate::route::{MAX_HOST_LEN, MalformedHost, Route, RouteTable, normalize_host};
 use crate::tls::policy::TlsPolicy;
+use crate::upstream::UpstreamGroup;
 
 pub use compile::compile;
 pub use summary::Summary;
@@ -91,14 +92,28 @@ pub struct Settings {
     pub upstream_connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_instance: usize,
+    /// Where upstream host names are resolved, and how often again.
+    pub resolver: crate::upstream::resolve::Resolver,
+    pub resolve_interval: Duration,
 }
 
 /// One app environment as the request path needs it.
 #[derive(Debug)]
 pub struct Environment {
     pub name: Box<str>,
-    pub instances: Vec<Instance>,
+    /// The app instances, their health and pools (shared with the running proxy, which keeps
+    /// it across reloads while the upstream settings stay the same).
+    pub upstream: Arc<UpstreamGroup>,
+    /// Attempts after the first, on another instance, where repeating is safe.
+    pub retries: u32,
     pub response_timeout: Duration,
+    /// The app may leave a response body without progress this long.
+    pub idle_timeout: Option<Duration>,
+    /// Limit of a whole exchange (not upgraded connections).
+    pub total_timeout: Option<Duration>,
+    /// The 503 page when no instance is available, and its `Retry-After`.
+    pub maintenance_page: Option<CustomPage>,
+    pub maintenance_retry_after: HeaderValue,
     /// Request body bytes at most (413 beyond).
     pub max_request_body: u64,
     /// Per-client rate, if limited.
@@ -113,23 +128,19 @@ pub struct Environment {
     pub headers: HeaderPolicy,
     /// This environment's metric series (attached when a running proxy installs the snapshot).
     pub metrics: Arc<EnvironmentMetrics>,
-    next_instance: AtomicUsize,
-}
-
-/// One app instance (container) of an environment.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    pub addr: SocketAddr,
-    /// `addr` as a URI authority, built once so that forwarding only clones it.
-    pub authority: Authority,
 }
 
 impl Environment {
-    pub fn new(name: Box<str>, instances: Vec<Instance>, response_timeout: Duration) -> Self {
+    pub fn new(name: Box<str>, upstream: Arc<UpstreamGroup>, response_timeout: Duration) -> Self {
         Self {
             name,
-            instances,
+            upstream,
+            retries: 0,
             response_timeout,
+            idle_timeout: None,
+            total_timeout: None,
+            maintenance_page: None,
+            maintenance_retry_after: HeaderValue::from_static("30"),
             max_request_body: u64::MAX,
             rate: None,
             rate_limiter: None,
@@ -137,18 +148,7 @@ impl Environment {
             forbidden_page: None,
             headers: HeaderPolicy::default(),
             metrics: Arc::default(),
-            next_instance: AtomicUsize::new(0),
         }
-    }
-
-    /// Round robin over the instances. Validation guarantees there is at least one.
-    pub fn pick_instance(&self) -> Option<&Instance> {
-        let count = self.instances.len();
-        if count == 0 {
-            return None;
-        }
-        let turn = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        self.instances.get(turn % count)
     }
 }
 

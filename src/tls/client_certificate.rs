@@ -24,9 +24,18 @@ impl CertificateIdentity {
         Some(Self {
             subject_dn: rfc2253(parsed.subject()),
             issuer_dn: rfc2253(parsed.issuer()),
-            serial: hex(parsed.raw_serial(), true),
+            serial: hex(serial_magnitude(parsed.raw_serial()), true),
             sha1_fingerprint: hex(digest.as_ref(), false),
         })
+    }
+}
+
+/// The serial's DER content without the sign byte DER adds when the top bit is set: what
+/// `openssl x509 -serial` (and nginx's `$ssl_client_serial`) print.
+fn serial_magnitude(raw: &[u8]) -> &[u8] {
+    match raw {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        _ => raw,
     }
 }
 
@@ -98,7 +107,15 @@ fn escape(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, hex, serial_magnitude};
+
+    #[test]
+    fn serials_print_as_openssl_prints_them() {
+        // DER adds a zero byte before a serial whose top bit is set; openssl does not print it.
+        assert_eq!(hex(serial_magnitude(&[0x00, 0x8a, 0x01]), true), "8A01");
+        assert_eq!(hex(serial_magnitude(&[0x0a, 0x01]), true), "0A01");
+        assert_eq!(hex(serial_magnitude(&[0x00]), true), "00");
+    }
 
     #[test]
     fn special_characters_are_escaped() {

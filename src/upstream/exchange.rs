@@ -1,0 +1,280 @@
+//! Sending one request to an environment's instances: pick an instance, take a pooled
+//! connection or open one, send, and wait for the response head.
+//!
+//! A request is tried again, once per configured retry and on another instance, when that is
+//! safe: when no connection could be opened (nothing was sent), when a pooled connection turned
+//! out to be closed before the request was written, or when an idempotent request without a body
+//! lost its connection before any response byte. A request whose body was already streamed is
+//! never replayed. Timeouts are not retried: the app may still be working on the request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+
+use super::RequestBody;
+use super::UpstreamGroup;
+use super::body::Lease;
+use super::connect::{ConnectError, ConnectSettings, connect};
+use super::instance::{Instance, Outcome};
+use super::pool::Sender;
+
+/// A rewritten request, ready for an instance: origin-form URI, headers for the app.
+pub struct Outgoing {
+    pub request: Request<RequestBody>,
+    /// The request's host, for HTTP/2's `:authority`.
+    pub host: HeaderValue,
+    /// An upgrade (WebSocket) request: HTTP/1.1 only, never replayed.
+    pub upgrade: bool,
+}
+
+/// The environment's retry and timeout settings for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub retries: u32,
+    /// Time from sending the request to its response head.
+    pub response_timeout: Duration,
+}
+
+/// An instance answered.
+pub struct Answered {
+    pub response: Response<Incoming>,
+    /// The request counts as in flight on the instance until this is dropped.
+    pub lease: Lease,
+    /// From sending the request to the response head, on the attempt that answered.
+    pub waited: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("no instance is available")]
+    NoInstance,
+    #[error(transparent)]
+    Connect(ConnectError),
+    #[error("no response head within {0:?}")]
+    Timeout(Duration),
+    #[error("the connection broke before a response: {0}")]
+    Broken(hyper::Error),
+}
+
+/// A failed exchange, and the instance of its last attempt.
+#[derive(Debug)]
+pub struct Failed {
+    pub failure: Failure,
+    pub instance: Option<SocketAddr>,
+    pub waited: Duration,
+}
+
+/// What is needed to send a request again after its connection broke: only kept for requests
+/// that may be replayed (idempotent, no body).
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<RequestBody>, upgrade: bool) -> Option<Self> {
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        let bodiless = http_body::Body::is_end_stream(request.body());
+        (idempotent && bodiless && !upgrade).then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut request = Request::new(Either::Right(Empty::new()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Send `outgoing` to an instance of `group`, retrying where safe.
+pub async fn send(group: &UpstreamGroup, outgoing: Outgoing, policy: Policy) -> Result<Answered, Failed> {
+    let Outgoing {
+        mut request,
+        host,
+        upgrade,
+    } = outgoing;
+    let replay = (policy.retries > 0).then(|| Replay::of(&request, upgrade)).flatten();
+    let mut attempts_left = policy.retries;
+    let Some(mut instance) = group.pick(None) else {
+        return Err(Failed {
+            failure: Failure::NoInstance,
+            instance: None,
+            waited: Duration::ZERO,
+        });
+    };
+    loop {
+        let lease = Lease::new(instance.clone());
+        let started = Instant::now();
+        let failed = |failure| Failed {
+            failure,
+            instance: Some(instance.addr),
+            waited: started.elapsed(),
+        };
+        let sender = match checkout_or_connect(group, &instance, upgrade).await {
+            Ok(sender) => sender,
+            Err(err) => {
+                group.record(&instance, Outcome::Failure);
+                tracing::warn!(environment = %group.environment, instance = %instance.label, error = %err, "cannot connect to instance");
+                // Nothing was sent: any request may go to another instance.
+                match next_attempt(group, &instance, &mut attempts_left, false) {
+                    Some(next) => {
+                        instance = next;
+                        continue;
+                    }
+                    None => return Err(failed(Failure::Connect(err))),
+                }
+            }
+        };
+        let sending = send_on(sender, request, &host, group, &instance);
+        let outcome = tokio::time::timeout(policy.response_timeout, sending).await;
+        match outcome {
+            Err(_elapsed) => {
+                group.record(&instance, Outcome::Failure);
+                return Err(failed(Failure::Timeout(policy.response_timeout)));
+            }
+            Ok(Ok(response)) => {
+                let outcome = if response.status().is_server_error() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                group.record(&instance, outcome);
+                return Ok(Answered {
+                    response,
+                    lease,
+                    waited: started.elapsed(),
+                });
+            }
+            Ok(Err(mut err)) => {
+                // Not written at all (a pooled connection that had closed meanwhile): any request
+                // may go again, even to the same instance on a new connection. Written but
+                // unanswered: only a replayable one, and only to another instance.
+                let (again, same_instance_ok) = match err.take_message() {
+                    Some(message) => (Some(message), true),
+                    None => {
+                        group.record(&instance, Outcome::Failure);
+                        (replay.as_ref().map(Replay::request), false)
+                    }
+                };
+                let next = again
+                    .is_some()
+                    .then(|| next_attempt(group, &instance, &mut attempts_left, same_instance_ok))
+                    .flatten();
+                match (again, next) {
+                    (Some(message), Some(next)) => {
+                        tracing::info!(environment = %group.environment, instance = %instance.label, next = %next.label, error = %err.error(), "sending the request again");
+                        request = message;
+                        instance = next;
+                    }
+                    _ => return Err(failed(Failure::Broken(err.into_error()))),
+                }
+            }
+        }
+    }
+}
+
+/// The instance for the next attempt, if a retry is left and an instance is available: another
+/// one, or (when `same_ok`) the same one if it is the only one.
+fn next_attempt(
+    group: &UpstreamGroup,
+    failed: &Instance,
+    attempts_left: &mut u32,
+    same_ok: bool,
+) -> Option<Arc<Instance>> {
+    if *attempts_left == 0 {
+        return None;
+    }
+    let next = group.pick(Some(failed))?;
+    if std::ptr::eq(next.as_ref(), failed) && !same_ok {
+        return None;
+    }
+    *attempts_left -= 1;
+    group.retried();
+    Some(next)
+}
+
+async fn checkout_or_connect(group: &UpstreamGroup, instance: &Instance, upgrade: bool) -> Result<Sender, ConnectError> {
+    let spec = &group.spec;
+    if let Some(sender) = instance.pool.checkout(upgrade, spec.pool.idle_timeout) {
+        return Ok(sender);
+    }
+    let settings = ConnectSettings {
+        timeout: spec.connect_timeout,
+        tls: spec.tls.as_ref(),
+        http1_only: upgrade,
+        gauge: group.connections.get(),
+    };
+    let sender = connect(instance, &settings).await?;
+    if let Sender::Http2(shared) = &sender {
+        instance.pool.share_http2(shared.clone());
+    }
+    Ok(sender)
+}
+
+type SendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
+
+/// Send on one connection; an HTTP/1.1 connection goes back to the pool once its exchange is
+/// over.
+async fn send_on(
+    sender: Sender,
+    mut request: Request<RequestBody>,
+    host: &HeaderValue,
+    group: &UpstreamGroup,
+    instance: &Arc<Instance>,
+) -> Result<Response<Incoming>, SendError> {
+    match sender {
+        Sender::Http1(mut sender) => {
+            *request.version_mut() = Version::HTTP_11;
+            let response = sender.try_send_request(request).await?;
+            let instance = instance.clone();
+            let max_idle = group.spec.pool.max_idle_per_instance;
+            if max_idle > 0 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                tokio::spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        instance.pool.put_back(sender, max_idle);
+                    }
+                });
+            }
+            Ok(response)
+        }
+        Sender::Http2(mut sender) => {
+            if let Some(uri) = absolute_uri(request.uri(), host) {
+                *request.uri_mut() = uri;
+            }
+            *request.version_mut() = Version::HTTP_2;
+            // HTTP/2 names the host in `:authority`.
+            request.headers_mut().remove(header::HOST);
+            sender.try_send_request(request).await
+        }
+    }
+}
+
+/// `https://host/path?query` for HTTP/2, which requires a scheme and authority.
+fn absolute_uri(origin: &Uri, host: &HeaderValue) -> Option<Uri> {
+    let authority = Authority::try_from(host.as_bytes()).ok()?;
+    let path = origin
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(Scheme::HTTPS)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .ok()
+}

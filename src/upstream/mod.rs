@@ -1,0 +1,241 @@
+//! The app instances behind each environment, as a running proxy keeps them: which are healthy,
+//! how many requests each has in flight, their keep-alive connections, and how a request is
+//! sent to one of them (with a retry on another where that is safe).
+//!
+//! An environment's [`UpstreamGroup`] is built when its configuration is compiled. A running
+//! proxy keeps groups across reloads in [`Upstreams`]: when an environment's upstream settings
+//! are unchanged, the new snapshot gets the group already running, with its pool, health states
+//! and ejections, so a reload costs the apps nothing.
+
+mod body;
+mod connect;
+pub mod exchange;
+mod health;
+mod instance;
+mod pool;
+pub mod resolve;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use prometheus::IntGauge;
+use rustls::pki_types::ServerName;
+
+pub use body::{BodyTimedOut, Deadlines, UpstreamBody};
+pub use connect::client_configs;
+pub use instance::Instance;
+use instance::{Outcome, millis};
+use spec::{Balance, Target, UpstreamSpec};
+
+use crate::metrics::{EnvironmentMetrics, Metrics};
+use crate::proxy::observe::CountedBody;
+use crate::snapshot::Snapshot;
+
+/// What gatehouse sends to an instance: the client's body, or nothing (health checks, replays).
+pub type RequestBody = Either<CountedBody<Incoming>, Empty<Bytes>>;
+
+/// An environment's instances and how requests are spread over them.
+#[derive(Debug)]
+pub struct UpstreamGroup {
+    pub environment: Box<str>,
+    pub spec: UpstreamSpec,
+    instances: ArcSwap<Vec<Arc<Instance>>>,
+    next: AtomicUsize,
+    epoch: Instant,
+    metrics: OnceLock<Arc<EnvironmentMetrics>>,
+    connections: OnceLock<IntGauge>,
+}
+
+impl UpstreamGroup {
+    /// A group over already resolved addresses (each with the target it came from).
+    pub fn new(environment: &str, spec: UpstreamSpec, addresses: Vec<(SocketAddr, usize)>) -> Self {
+        let instances = addresses
+            .into_iter()
+            .map(|(addr, target)| Arc::new(Instance::new(addr, target, server_name(&spec, target))))
+            .collect();
+        Self {
+            environment: environment.into(),
+            spec,
+            instances: ArcSwap::from_pointee(instances),
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            metrics: OnceLock::new(),
+            connections: OnceLock::new(),
+        }
+    }
+
+    /// Milliseconds since the group started: the clock of health states.
+    pub fn now(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
+    pub fn instances(&self) -> arc_swap::Guard<Arc<Vec<Arc<Instance>>>> {
+        self.instances.load()
+    }
+
+    fn metrics(&self) -> Option<&EnvironmentMetrics> {
+        self.metrics.get().map(Arc::as_ref)
+    }
+
+    /// The instance for the next request, never `avoid` unless it is the only one available;
+    /// `None` when every instance is down or ejected.
+    pub fn pick(&self, avoid: Option<&Instance>) -> Option<Arc<Instance>> {
+        let instances = self.instances.load();
+        let count = instances.len();
+        if count == 0 {
+            return None;
+        }
+        let now = self.now();
+        let slow_start = millis(self.spec.outlier.slow_start);
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let is_avoided = |instance: &Instance| avoid.is_some_and(|avoided| std::ptr::eq(avoided, instance));
+        let mut fallback: Option<&Arc<Instance>> = None;
+        let mut best: Option<(&Arc<Instance>, u64)> = None;
+        for offset in 0..count {
+            let Some(instance) = instances.get((turn + offset) % count) else { continue };
+            if !instance.available(now) {
+                continue;
+            }
+            if is_avoided(instance) {
+                fallback = Some(instance);
+                continue;
+            }
+            let weight = instance.weight(now, slow_start);
+            match self.spec.balance {
+                Balance::RoundRobin => {
+                    // A warming instance takes its share of turns, decided by the turn number.
+                    if weight >= 1000 || spread(turn) < weight {
+                        return Some(instance.clone());
+                    }
+                    fallback = fallback.or(Some(instance));
+                }
+                Balance::LeastOutstanding => {
+                    // Load per unit of weight: a warming instance looks busier than it is.
+                    let load = (instance.outstanding() as u64 + 1) * 1000 / weight.max(1);
+                    if best.is_none_or(|(_, lowest)| load < lowest) {
+                        best = Some((instance, load));
+                    }
+                }
+            }
+        }
+        best.map(|(instance, _)| instance).or(fallback).cloned()
+    }
+
+    fn retried(&self) {
+        if let Some(metrics) = self.metrics() {
+            metrics.upstream_retried();
+        }
+    }
+
+    /// Count a request's outcome on `instance`; eject it if it keeps failing.
+    fn record(&self, instance: &Instance, outcome: Outcome) {
+        let now = self.now();
+        let may_eject = || {
+            let instances = self.instances.load();
+            let ejected = instances.iter().filter(|other| other.ejected(now)).count();
+            let allowed = (instances.len() * usize::from(self.spec.outlier.max_ejected_percent) / 100).max(1);
+            ejected < allowed
+        };
+        if let Some(length) = instance.record(outcome, now, &self.spec.outlier, may_eject) {
+            tracing::warn!(environment = %self.environment, instance = %instance.label, seconds = length / 1000, "instance ejected after consecutive failures");
+            if let Some(metrics) = self.metrics() {
+                metrics.instance_ejected();
+            }
+        }
+    }
+
+    /// Take a new list of resolved addresses, keeping the state of instances whose address
+    /// stays.
+    pub fn replace_addresses(&self, addresses: &[(SocketAddr, usize)]) -> bool {
+        let current = self.instances.load();
+        let unchanged = current.len() == addresses.len()
+            && current.iter().zip(addresses).all(|(instance, (addr, _))| instance.addr == *addr);
+        if unchanged {
+            return false;
+        }
+        let next: Vec<Arc<Instance>> = addresses
+            .iter()
+            .map(|(addr, target)| {
+                current
+                    .iter()
+                    .find(|instance| instance.addr == *addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Instance::new(*addr, *target, server_name(&self.spec, *target))))
+            })
+            .collect();
+        tracing::info!(environment = %self.environment, instances = ?addresses.iter().map(|(addr, _)| addr).collect::<Vec<_>>(), "upstream addresses changed");
+        self.instances.store(Arc::new(next));
+        true
+    }
+}
+
+/// Spread turn numbers evenly over 0..1000 (Fibonacci hashing), so that a warming instance's
+/// share does not follow the plain turn order.
+fn spread(turn: usize) -> u64 {
+    ((turn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) % 1000
+}
+
+fn server_name(spec: &UpstreamSpec, target: usize) -> Option<ServerName<'static>> {
+    spec.tls.as_ref()?;
+    spec.targets.get(target).and_then(Target::server_name)
+}
+
+/// The groups of the configuration in force, by environment name, kept across reloads.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    groups: Mutex<HashMap<Box<str>, Arc<UpstreamGroup>>>,
+}
+
+impl Upstreams {
+    /// Give each environment of a snapshot about to be installed its running group: the one it
+    /// had if its upstream settings are unchanged (taking the addresses just resolved), else
+    /// the new one, whose health checks and housekeeping start now.
+    pub fn attach(&self, snapshot: &mut Snapshot, metrics: &Metrics) {
+        let mut known = self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut kept = HashMap::with_capacity(snapshot.environments.len());
+        for environment in &mut snapshot.environments {
+            let fresh = environment.upstream.clone();
+            let group = match known.remove(&environment.name) {
+                Some(running) if running.spec == fresh.spec => {
+                    let addresses: Vec<(SocketAddr, usize)> = fresh
+                        .instances()
+                        .iter()
+                        .map(|instance| (instance.addr, instance.target))
+                        .collect();
+                    running.replace_addresses(&addresses);
+                    running
+                }
+                _ => {
+                    let _ = fresh.metrics.set(environment.metrics.clone());
+                    let _ = fresh.connections.set(metrics.upstream_connections());
+                    health::supervise(&fresh);
+                    fresh
+                }
+            };
+            environment.upstream = group.clone();
+            kept.insert(environment.name.clone(), group);
+        }
+        *known = kept;
+    }
+
+    /// Every instance's availability, for the `gatehouse_upstream_instance_healthy` gauge.
+    pub fn states(&self) -> Vec<(Box<str>, Box<str>, bool)> {
+        let groups = self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut states = Vec::new();
+        for group in groups.values() {
+            let now = group.now();
+            for instance in group.instances().iter() {
+                states.push((group.environment.clone(), instance.label.clone(), instance.available(now)));
+            }
+        }
+        states
+    }
+}
