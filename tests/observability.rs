@@ -3,59 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::pki::{Ca, ClientSpec};
 use common::upstream::Upstream;
-use common::{Fixture, Running, WAIT, environment_toml, get, h1_over, send_h1};
+use common::{Fixture, WAIT, admin_get, environment_toml, get, scrape_until, send_h1};
 use http::StatusCode;
-
-async fn admin_get(running: &Running, path: &str) -> common::Answer {
-    let addr = running.proxy().admin_addr().expect("admin listener");
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut sender = h1_over(tcp).await;
-    send_h1(&mut sender, get("localhost", path)).await
-}
-
-/// The samples of an exposition, keyed by `name{label="value",...}` with labels sorted.
-fn samples(text: &str) -> HashMap<String, f64> {
-    let mut samples = HashMap::new();
-    for line in text.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let key = match series.split_once('{') {
-            Some((name, labels)) => {
-                let mut labels: Vec<&str> = labels
-                    .trim_end_matches('}')
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                labels.sort();
-                format!("{name}{{{}}}", labels.join(","))
-            }
-            None => series.to_owned(),
-        };
-        samples.insert(key, value.parse().unwrap());
-    }
-    samples
-}
-
-/// Scrape until `ready(samples)` holds (metrics are recorded when a response body ends, which
-/// can be a moment after the client has read it), at most `WAIT`.
-async fn scrape_until(
-    running: &Running,
-    ready: impl Fn(&HashMap<String, f64>) -> bool,
-) -> (String, HashMap<String, f64>) {
-    let started = tokio::time::Instant::now();
-    loop {
-        let text = admin_get(running, "/metrics").await.text();
-        let parsed = samples(&text);
-        if ready(&parsed) || started.elapsed() > WAIT {
-            return (text, parsed);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 const PROFILES: &str = "[profiles.office]\nranges = [\"192.0.2.0/24\"]\n";
 

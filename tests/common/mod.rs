@@ -339,3 +339,49 @@ pub fn resident_kib() -> u64 {
         .unwrap_or(0)
         * 4
 }
+
+pub async fn admin_get(running: &Running, path: &str) -> Answer {
+    let addr = running.proxy().admin_addr().expect("admin listener");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sender = h1_over(tcp).await;
+    send_h1(&mut sender, get("localhost", path)).await
+}
+
+/// The samples of an exposition, keyed by `name{label="value",...}` with labels sorted.
+pub fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                labels.sort();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => series.to_owned(),
+        };
+        samples.insert(key, value.parse().unwrap());
+    }
+    samples
+}
+
+/// Scrape until `ready(samples)` holds (metrics are recorded when a response body ends, which
+/// can be a moment after the client has read it), at most `WAIT`.
+pub async fn scrape_until(
+    running: &Running,
+    ready: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
+) -> (String, std::collections::HashMap<String, f64>) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let text = admin_get(running, "/metrics").await.text();
+        let parsed = samples(&text);
+        if ready(&parsed) || started.elapsed() > WAIT {
+            return (text, parsed);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

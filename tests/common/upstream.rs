@@ -7,14 +7,21 @@
 //! * `/slow-reader`: reads the request body slowly (about 1 MiB/s);
 //! * `/trailers`: a chunked body followed by a `x-checksum` trailer;
 //! * `/ws`: accepts a WebSocket upgrade and echoes bytes;
-//! * anything else: a dump of the request as it arrived (`upstream`, method, path, headers).
+//! * `/healthz`: 200, or 503 after `set_healthy(false)`;
+//! * `/status/<code>`: that status;
+//! * `/stall-body`: a response head and the first bytes of its body, then nothing;
+//! * anything else: a dump of the request as it arrived (`upstream`, method, path, headers, and
+//!   `x-seen-version` / `x-seen-client-certificate` lines).
+//!
+//! [`Upstream::start_tls`] serves the same over TLS (HTTP/2 or HTTP/1.1 by ALPN); [`Upstream::kill`]
+//! stops it abruptly, as a crashed app instance stops.
 //!
 //! Every response carries `x-upstream: <name>` and hop-by-hop headers that must not reach clients.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,25 +45,61 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct State {
     requests: AtomicU64,
     upload_bytes_seen: AtomicU64,
     download_gate: Notify,
+    healthy: AtomicBool,
+    /// Set by `kill`: every connection is dropped at once.
+    killed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            upload_bytes_seen: AtomicU64::new(0),
+            download_gate: Notify::new(),
+            healthy: AtomicBool::new(true),
+            killed: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(listener, name, None)
+    }
+
+    /// The same app over TLS, with the given server config (its ALPN decides HTTP/2).
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(listener, name, Some(tls))
+    }
+
+    /// Serve on an already bound listener.
+    pub fn serve_on(listener: TcpListener, name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
-        let task = tokio::spawn(serve(listener, name.to_owned(), state.clone()));
+        let task = tokio::spawn(serve(listener, name.to_owned(), state.clone(), tls));
         Self {
             addr,
             name: name.to_owned(),
             state,
             task,
         }
+    }
+
+    /// Stop abruptly: the listener closes and every open connection is dropped mid-whatever.
+    pub fn kill(&self) {
+        self.task.abort();
+        self.state.killed.send_replace(true);
+    }
+
+    /// What `/healthz` answers from now on.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
     }
 
     /// Requests received so far.
@@ -81,28 +124,59 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, state: Arc<State>) {
+async fn serve(listener: TcpListener, name: String, state: Arc<State>, tls: Option<Arc<rustls::ServerConfig>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
         let name = name.clone();
         let state = state.clone();
+        let tls = tls.clone();
+        let mut killed = state.killed.subscribe();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let name = name.clone();
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&name, &state, request).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            let serving = async {
+                match tls {
+                    None => {
+                        let seen = Seen::default();
+                        let service = service_fn(move |request| answer(name.clone(), state.clone(), seen, request));
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await;
+                    }
+                    Some(tls) => {
+                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(stream).await else {
+                            return;
+                        };
+                        let seen = Seen {
+                            client_certificate: stream.get_ref().1.peer_certificates().is_some(),
+                        };
+                        let service = service_fn(move |request| answer(name.clone(), state.clone(), seen, request));
+                        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = serving => {}
+                _ = killed.wait_for(|killed| *killed) => {}
+            }
         });
     }
 }
 
-async fn respond(name: &str, state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
+/// What the app knows about the connection a request came on.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    client_certificate: bool,
+}
+
+async fn answer(name: String, state: Arc<State>, seen: Seen, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(respond(&name, &state, seen, request).await)
+}
+
+async fn respond(name: &str, state: &Arc<State>, seen: Seen, request: Request<Incoming>) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let path = request.uri().path().to_owned();
     let mut response = if path == "/upload" {
@@ -120,8 +194,29 @@ async fn respond(name: &str, state: &Arc<State>, request: Request<Incoming>) -> 
         trailers()
     } else if path == "/ws" {
         websocket(request)
+    } else if path == "/healthz" {
+        let healthy = state.healthy.load(Ordering::SeqCst);
+        let mut response = text(if healthy { "ok" } else { "down" }.to_owned());
+        if !healthy {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut response = text(format!("status {code}"));
+        *response.status_mut() = code.parse().unwrap_or(StatusCode::OK);
+        response
+    } else if path == "/stall-body" {
+        let first = futures_util::stream::once(async { Ok(Frame::data(Bytes::from_static(b"first bytes"))) });
+        let stalled = first.chain(futures_util::stream::pending());
+        Response::new(BodyExt::boxed(StreamBody::new(stalled)))
     } else {
-        text(dump(name, &request))
+        let mut dump = dump(name, &request);
+        dump.push_str(&format!(
+            "x-seen-version: {:?}\nx-seen-client-certificate: {}\n",
+            request.version(),
+            seen.client_certificate
+        ));
+        text(dump)
     };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
