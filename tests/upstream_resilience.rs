@@ -304,3 +304,29 @@ async fn without_an_idle_timeout_a_slow_body_is_left_alone() {
     let collected = tokio::time::timeout(Duration::from_secs(1), response.into_body().collect()).await;
     assert!(collected.is_err(), "the body ended although no idle timeout applies");
 }
+
+#[tokio::test]
+async fn a_reload_that_leaves_the_upstreams_alone_keeps_health_states() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let checks = "[health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_threshold = 1\n\
+                  healthy_threshold = 1000\n";
+    let (fixture, running) = start(&[a.addr, b.addr], checks).await;
+    let a_state = format!("gatehouse_upstream_instance_healthy{{environment=\"shop\",instance=\"{}\"}}", a.addr);
+    a.set_healthy(false);
+    let (text, parsed) = scrape_until(&running, |s| s.get(&a_state) == Some(&0.0)).await;
+    assert_eq!(parsed.get(&a_state), Some(&0.0), "{text}");
+    // a answers its checks again, but needs 1000 of them to be trusted: only a group that
+    // forgot its verdict would send it requests now.
+    a.set_healthy(true);
+    let only_headers = format!("[response_headers]\nx-frame-options = \"DENY\"\n{checks}");
+    fixture.environment("shop", &environment_toml("shop", &[HOST], &[a.addr, b.addr], &only_headers));
+    running
+        .proxy()
+        .reload(&fixture.path("gatehouse.toml"), gatehouse::server::ReloadTrigger::Api)
+        .unwrap();
+    for _ in 0..6 {
+        let answer = running.get(HOST, "/").await;
+        assert_eq!(answer.header("x-frame-options"), Some("DENY"), "the reload did not apply");
+        assert_eq!(served_by(&answer), "b", "the reload forgot that a is down");
+    }
+}

@@ -565,12 +565,7 @@ fn assemble(
             name: draft.name.clone(),
             file: draft.file.clone(),
             domains: draft.domains.iter().map(|d| d.name.clone()).collect(),
-            upstreams: draft
-                .upstream
-                .instances()
-                .iter()
-                .map(|instance| instance.label.to_string())
-                .collect(),
+            upstreams: draft.upstream.spec.targets.iter().map(ToString::to_string).collect(),
             certificates,
             sha256: draft.sha256.clone(),
             domain_expiry: draft

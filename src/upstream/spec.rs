@@ -32,6 +32,15 @@ impl Target {
     }
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Address(addr) => write!(f, "{addr}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// How an instance is chosen for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {

@@ -33,6 +33,7 @@ pub struct ClientIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     key_der: Vec<u8>,
     pub pem: String,
+    pub key_pem: String,
 }
 
 impl ClientIdentity {
@@ -84,6 +85,7 @@ impl Ca {
             chain: vec![cert.der().clone()],
             key_der: key.serialize_der(),
             pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 
