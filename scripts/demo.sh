@@ -22,7 +22,7 @@ resolve=(--resolve shop.apps.example.test:8443:127.0.0.1 --resolve www.shop.exam
          --resolve a.acceptance.shop.example.test:8443:127.0.0.1 --resolve unknown.example.test:8443:127.0.0.1
          --resolve shop.apps.example.test:8080:127.0.0.1)
 show curl -ks "${resolve[@]}" https://shop.apps.example.test:8443/hello
-show curl -ks "${resolve[@]}" https://shop.apps.example.test:8443/again   # the other instance (round robin)
+show curl -ks "${resolve[@]}" https://shop.apps.example.test:8443/again   # the other instance (ties go in turn)
 show curl -ks --http2 "${resolve[@]}" https://a.acceptance.shop.example.test:8443/over-h2
 show curl -ks "${resolve[@]}" https://unknown.example.test:8443/
 show curl -ks -o /dev/null -w '%{http_code} (the /admin/ rule lets in 192.0.2.0/24 only)\n' "${resolve[@]}" https://shop.apps.example.test:8443/admin/

@@ -308,7 +308,10 @@ impl Metrics {
     pub fn set_instance_states(&self, states: &[(Box<str>, Box<str>, bool)]) {
         self.instance_healthy.reset();
         for (environment, instance, available) in states {
-            if let Ok(gauge) = self.instance_healthy.get_metric_with_label_values(&[environment, instance]) {
+            if let Ok(gauge) = self
+                .instance_healthy
+                .get_metric_with_label_values(&[environment, instance])
+            {
                 gauge.set(i64::from(*available));
             }
         }

@@ -175,7 +175,10 @@ async fn metrics_count_a_known_sequence_exactly() {
         .lines()
         .filter(|line| !line.starts_with("gatehouse_upstream_instance_healthy{"))
         .collect();
-    assert!(!other_lines.contains("office/") && !other_lines.contains("127.0.0.1"), "{text}");
+    assert!(
+        !other_lines.contains("office/") && !other_lines.contains("127.0.0.1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

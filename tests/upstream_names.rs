@@ -32,7 +32,9 @@ impl NameServer {
         let task = tokio::spawn(async move {
             let mut buffer = [0u8; 1500];
             loop {
-                let Ok((length, peer)) = socket.recv_from(&mut buffer).await else { return };
+                let Ok((length, peer)) = socket.recv_from(&mut buffer).await else {
+                    return;
+                };
                 let address = *current.lock().unwrap();
                 if let Some(reply) = reply(&buffer[..length], address) {
                     let _ = socket.send_to(&reply, peer).await;
@@ -152,10 +154,12 @@ fn a_name_that_does_not_resolve_is_a_config_error_naming_its_line() {
     fixture.main_config(&main_extra(&name_server));
     fixture.environment("shop", &environment("missing-app.internal:8080"));
     let errors = gatehouse::snapshot::load(&fixture.path("gatehouse.toml"))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
-    assert!(errors.contains("shop.toml:3: key `upstreams`: cannot resolve missing-app.internal"), "{errors}");
+    assert!(
+        errors.contains("shop.toml:3: key `upstreams`: cannot resolve missing-app.internal"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -164,8 +168,10 @@ fn a_name_server_that_is_not_an_address_is_a_config_error() {
     fixture.main_config("[upstream]\nnameservers = [\"dns.internal\"]\n");
     fixture.environment("shop", &environment("127.0.0.1:8080"));
     let errors = gatehouse::snapshot::load(&fixture.path("gatehouse.toml"))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
-    assert!(errors.contains("key `upstream.nameservers`: expected an address as ip:port"), "{errors}");
+    assert!(
+        errors.contains("key `upstream.nameservers`: expected an address as ip:port"),
+        "{errors}"
+    );
 }

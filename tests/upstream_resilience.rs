@@ -41,7 +41,9 @@ async fn silent_instance() -> SocketAddr {
             tokio::spawn(async move {
                 let mut buffer = [0u8; 4096];
                 // Read until the client pauses, then hang up.
-                while let Ok(Ok(read)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buffer)).await {
+                while let Ok(Ok(read)) =
+                    tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buffer)).await
+                {
                     if read == 0 {
                         break;
                     }
@@ -87,7 +89,10 @@ async fn killing_an_instance_costs_no_idempotent_request() {
     for client in clients {
         statuses.extend(client.await.unwrap());
     }
-    let failed: Vec<_> = statuses.iter().filter(|(status, _)| *status != StatusCode::OK).collect();
+    let failed: Vec<_> = statuses
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+        .collect();
     assert!(failed.is_empty(), "requests failed after one instance died: {failed:?}");
     assert!(served_a_before > 0, "both instances served before the kill");
     // Everything after the kill went to the survivor.
@@ -145,7 +150,11 @@ async fn a_request_whose_body_was_sent_is_never_replayed_but_a_get_is() {
     let mut sender = running.h1(HOST).await;
     let post = Request::post("/upload")
         .header("host", HOST)
-        .body(Full::new(Bytes::from_static(b"pay 100 euros")).map_err(|never| match never {}).boxed())
+        .body(
+            Full::new(Bytes::from_static(b"pay 100 euros"))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
         .unwrap();
     let answer = send_h1(&mut sender, post).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
@@ -159,7 +168,10 @@ async fn health_checks_take_an_instance_out_and_bring_it_back() {
                  healthy_threshold = 2\nunhealthy_threshold = 2\n\
                  [outlier_detection]\nslow_start = \"off\"\n";
     let (_fixture, running) = start(&[a.addr, b.addr], extra).await;
-    let a_state = format!("gatehouse_upstream_instance_healthy{{environment=\"shop\",instance=\"{}\"}}", a.addr);
+    let a_state = format!(
+        "gatehouse_upstream_instance_healthy{{environment=\"shop\",instance=\"{}\"}}",
+        a.addr
+    );
 
     a.set_healthy(false);
     let (text, parsed) = scrape_until(&running, |s| s.get(&a_state) == Some(&0.0)).await;
@@ -231,12 +243,18 @@ async fn least_outstanding_sends_new_requests_to_the_idle_instance() {
     let idle_instance = if busy_instance == "a" { "b" } else { "a" };
     for _ in 0..10 {
         let answer = running.get(HOST, "/").await;
-        assert_eq!((answer.status, served_by(&answer)), (StatusCode::OK, idle_instance.to_owned()));
+        assert_eq!(
+            (answer.status, served_by(&answer)),
+            (StatusCode::OK, idle_instance.to_owned())
+        );
     }
     // Once the download is over, both instances share the load again.
     let releaser = if busy_instance == "a" { &a } else { &b };
     releaser.release_download();
-    let body = tokio::time::timeout(WAIT, busy.into_body().collect()).await.unwrap().unwrap();
+    let body = tokio::time::timeout(WAIT, busy.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(body.to_bytes().len(), 4 << 20);
     let mut seen = std::collections::HashSet::new();
     for _ in 0..10 {
@@ -280,7 +298,11 @@ async fn the_total_time_limit_gives_504() {
     let started = tokio::time::Instant::now();
     let answer = running.get(HOST, "/slow").await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(started.elapsed() < Duration::from_secs(4), "answered only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered only after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -311,7 +333,10 @@ async fn a_reload_that_leaves_the_upstreams_alone_keeps_health_states() {
     let checks = "[health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_threshold = 1\n\
                   healthy_threshold = 1000\n";
     let (fixture, running) = start(&[a.addr, b.addr], checks).await;
-    let a_state = format!("gatehouse_upstream_instance_healthy{{environment=\"shop\",instance=\"{}\"}}", a.addr);
+    let a_state = format!(
+        "gatehouse_upstream_instance_healthy{{environment=\"shop\",instance=\"{}\"}}",
+        a.addr
+    );
     a.set_healthy(false);
     let (text, parsed) = scrape_until(&running, |s| s.get(&a_state) == Some(&0.0)).await;
     assert_eq!(parsed.get(&a_state), Some(&0.0), "{text}");
@@ -319,14 +344,21 @@ async fn a_reload_that_leaves_the_upstreams_alone_keeps_health_states() {
     // forgot its verdict would send it requests now.
     a.set_healthy(true);
     let only_headers = format!("[response_headers]\nx-frame-options = \"DENY\"\n{checks}");
-    fixture.environment("shop", &environment_toml("shop", &[HOST], &[a.addr, b.addr], &only_headers));
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &[HOST], &[a.addr, b.addr], &only_headers),
+    );
     running
         .proxy()
         .reload(&fixture.path("gatehouse.toml"), gatehouse::server::ReloadTrigger::Api)
         .unwrap();
     for _ in 0..6 {
         let answer = running.get(HOST, "/").await;
-        assert_eq!(answer.header("x-frame-options"), Some("DENY"), "the reload did not apply");
+        assert_eq!(
+            answer.header("x-frame-options"),
+            Some("DENY"),
+            "the reload did not apply"
+        );
         assert_eq!(served_by(&answer), "b", "the reload forgot that a is down");
     }
 }

@@ -49,7 +49,9 @@ impl AppTls {
     /// A server config for an instance named `app.internal`, requiring a client certificate
     /// from the client CA when `require_client` holds.
     fn server(&self, alpn: &[&[u8]], require_client: bool) -> Arc<rustls::ServerConfig> {
-        let leaf = self.app_ca.issue(self.fixture.dir.path(), "app", &["app.internal"], KeyKind::Ecdsa, 30);
+        let leaf = self
+            .app_ca
+            .issue(self.fixture.dir.path(), "app", &["app.internal"], KeyKind::Ecdsa, 30);
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&leaf.cert_path)
             .unwrap()
             .map(Result::unwrap)
@@ -96,7 +98,11 @@ async fn with_the_right_ca_and_a_client_certificate_requests_go_over_http2() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
         assert_eq!(answer.upstream_saw("x-seen-version"), ["HTTP/2.0"]);
         assert_eq!(answer.upstream_saw("x-seen-client-certificate"), ["true"]);
-        assert!(answer.text().contains("GET https://shop.apps.test/hello?x=1"), "{}", answer.text());
+        assert!(
+            answer.text().contains("GET https://shop.apps.test/hello?x=1"),
+            "{}",
+            answer.text()
+        );
         // The forwarding headers travel over HTTP/2 as over HTTP/1.1.
         assert_eq!(answer.upstream_saw("x-forwarded-host"), [HOST]);
     }
@@ -120,7 +126,10 @@ async fn http2_can_be_turned_off() {
     let tls = AppTls::new();
     let app = Upstream::start_tls("app", tls.server(&[b"h2", b"http/1.1"], false)).await;
     let running = tls
-        .gatehouse(&app, "ca = \"../app-ca.pem\"\nserver_name = \"app.internal\"\nhttp2 = false\n")
+        .gatehouse(
+            &app,
+            "ca = \"../app-ca.pem\"\nserver_name = \"app.internal\"\nhttp2 = false\n",
+        )
         .await;
     let answer = running.get(HOST, "/").await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -167,12 +176,13 @@ async fn websocket_upgrades_use_http1_even_when_the_instance_prefers_http2() {
     let tls = AppTls::new();
     let app = Upstream::start_tls("app", tls.server(&[b"h2", b"http/1.1"], true)).await;
     let running = tls.gatehouse(&app, VERIFIED_WITH_CLIENT_CERT).await;
-    let mut stream = running.tls(common::Connect {
-        server_name: HOST,
-        send_sni: true,
-        alpn: &[b"http/1.1"],
-    })
-    .await;
+    let mut stream = running
+        .tls(common::Connect {
+            server_name: HOST,
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
+        .await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
         .write_all(
@@ -187,7 +197,10 @@ async fn websocket_upgrades_use_http1_even_when_the_instance_prefers_http2() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(common::WAIT, stream.read(&mut byte)).await.unwrap().unwrap();
+        let read = tokio::time::timeout(common::WAIT, stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(read, 1, "closed after {:?}", String::from_utf8_lossy(&head));
         head.push(byte[0]);
     }
@@ -195,7 +208,10 @@ async fn websocket_upgrades_use_http1_even_when_the_instance_prefers_http2() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream.write_all(b"echo me").await.unwrap();
     let mut echoed = [0u8; 7];
-    tokio::time::timeout(common::WAIT, stream.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(common::WAIT, stream.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"echo me");
 }
 
@@ -213,8 +229,7 @@ fn a_client_certificate_without_its_key_is_a_config_error() {
         ),
     );
     let errors = gatehouse::snapshot::load(&tls.fixture.path("gatehouse.toml"))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(errors.contains("shop.toml:6: key `upstream_tls`"), "{errors}");
     assert!(errors.contains("both `certificate` and `key`"), "{errors}");

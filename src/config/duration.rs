@@ -52,7 +52,9 @@ impl<'de> Deserialize<'de> for OptionalDuration {
             ))
         })?;
         if duration.is_zero() {
-            return Err(serde::de::Error::custom("expected a duration greater than zero, or \"off\""));
+            return Err(serde::de::Error::custom(
+                "expected a duration greater than zero, or \"off\"",
+            ));
         }
         Ok(Self(Some(duration)))
     }

@@ -7,8 +7,8 @@
 mod access;
 mod compile;
 mod headers;
-mod upstream;
 pub mod summary;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::Path;

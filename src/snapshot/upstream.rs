@@ -108,7 +108,11 @@ fn compile_targets(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigEr
     for entry in written.get_ref() {
         match parse_target(entry.get_ref()) {
             Ok(target) if targets.contains(&target) => {
-                errors.push(file.error_at(&entry.span(), "upstreams", format!("{} is listed twice", entry.get_ref())));
+                errors.push(file.error_at(
+                    &entry.span(),
+                    "upstreams",
+                    format!("{} is listed twice", entry.get_ref()),
+                ));
             }
             Ok(target) => targets.push(target),
             Err(message) => errors.push(file.error_at(&entry.span(), "upstreams", message)),
@@ -131,9 +135,13 @@ pub fn parse_target(written: &str) -> Result<Target, String> {
     let port: u16 = port.parse().map_err(|_| expected())?;
     let valid_host = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
     if !valid_host || port == 0 {
         return Err(expected());
     }
@@ -165,7 +173,10 @@ fn compile_health_check(
                 errors.push(file.error_at(
                     &written.span(),
                     "health_check.expected_status",
-                    format!("expected a status such as \"200\" or a range such as \"200-399\", found {:?}", written.get_ref()),
+                    format!(
+                        "expected a status such as \"200\" or a range such as \"200-399\", found {:?}",
+                        written.get_ref()
+                    ),
                 ));
                 return None;
             }
@@ -192,7 +203,12 @@ fn compile_health_check(
 }
 
 fn parse_status_range(written: &str) -> Option<std::ops::RangeInclusive<u16>> {
-    let status = |text: &str| text.trim().parse::<u16>().ok().filter(|code| (100..=599).contains(code));
+    let status = |text: &str| {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|code| (100..=599).contains(code))
+    };
     match written.split_once('-') {
         Some((low, high)) => {
             let (low, high) = (status(low)?, status(high)?);
@@ -248,7 +264,9 @@ fn compile_tls(
                 });
             match loaded {
                 Ok((chain, key)) => {
-                    chain.iter().for_each(|certificate| identity.update(certificate.as_ref()));
+                    chain
+                        .iter()
+                        .for_each(|certificate| identity.update(certificate.as_ref()));
                     identity.update(key.secret_der());
                     Some((chain, key))
                 }
@@ -292,7 +310,9 @@ fn read_roots(path: &std::path::Path) -> Result<(RootCertStore, Vec<u8>), String
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("cannot read CA bundle {source}: {err}"))?;
     if certificates.is_empty() {
-        return Err(format!("{source} holds no PEM certificate (expected the CA that signs the instances' certificates)"));
+        return Err(format!(
+            "{source} holds no PEM certificate (expected the CA that signs the instances' certificates)"
+        ));
     }
     let mut roots = RootCertStore::empty();
     for certificate in certificates {
@@ -321,7 +341,16 @@ mod tests {
                 port: 8080
             })
         );
-        for wrong in ["app", "app:", "app:0", ":80", "a..b:80", "a b:80", "app:99999", "http://app:80"] {
+        for wrong in [
+            "app",
+            "app:",
+            "app:0",
+            ":80",
+            "a..b:80",
+            "a b:80",
+            "app:99999",
+            "http://app:80",
+        ] {
             assert!(parse_target(wrong).is_err(), "{wrong}");
         }
     }

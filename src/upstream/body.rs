@@ -84,7 +84,9 @@ impl UpstreamBody {
     /// Whether the body has timed out; if not, the timer is set to wake at the next deadline.
     fn poll_timeout(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(due) = self.due() else { return false };
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         if timer.deadline() != due {
             timer.as_mut().reset(due);
         }

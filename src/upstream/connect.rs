@@ -26,15 +26,27 @@ use super::spec::UpstreamTls;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connecting to {addr} timed out after {timeout:?}")]
-    Timeout { addr: std::net::SocketAddr, timeout: Duration },
+    Timeout {
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    },
     #[error("cannot connect to {addr}: {source}")]
-    Tcp { addr: std::net::SocketAddr, source: io::Error },
+    Tcp {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
     #[error("TLS handshake with {addr} failed: {source}")]
-    Tls { addr: std::net::SocketAddr, source: io::Error },
+    Tls {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
     #[error("no server name to verify {addr}'s certificate against (set upstream_tls.server_name)")]
     NoServerName { addr: std::net::SocketAddr },
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Http { addr: std::net::SocketAddr, source: hyper::Error },
+    Http {
+        addr: std::net::SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 /// What to connect with.
@@ -186,7 +198,10 @@ impl AsyncWrite for CountedStream {
 /// The shared rustls client configs of an environment, for [`UpstreamTls`].
 pub fn client_configs(
     roots: rustls::RootCertStore,
-    client_certificate: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+    client_certificate: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
     http2: bool,
 ) -> Result<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>), rustls::Error> {
     let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ClientConfig>, rustls::Error> {

@@ -208,7 +208,11 @@ fn next_attempt(
     Some(next)
 }
 
-async fn checkout_or_connect(group: &UpstreamGroup, instance: &Instance, upgrade: bool) -> Result<Sender, ConnectError> {
+async fn checkout_or_connect(
+    group: &UpstreamGroup,
+    instance: &Instance,
+    upgrade: bool,
+) -> Result<Sender, ConnectError> {
     let spec = &group.spec;
     if let Some(sender) = instance.pool.checkout(upgrade, spec.pool.idle_timeout) {
         return Ok(sender);

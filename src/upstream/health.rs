@@ -24,7 +24,12 @@ pub fn supervise(group: &Arc<UpstreamGroup>) {
     if let Some(check) = group.spec.health_check.clone() {
         tokio::spawn(check_loop(Arc::downgrade(group), check));
     }
-    if group.spec.targets.iter().any(|target| matches!(target, Target::Name { .. })) {
+    if group
+        .spec
+        .targets
+        .iter()
+        .any(|target| matches!(target, Target::Name { .. }))
+    {
         tokio::spawn(resolve_loop(Arc::downgrade(group), group.spec.resolve_interval));
     }
     tokio::spawn(reap_loop(Arc::downgrade(group)));

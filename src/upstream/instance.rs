@@ -107,7 +107,13 @@ impl Instance {
     /// Passive detection: count a request's outcome. Returns the ejection's length in
     /// milliseconds when this failure ejected the instance. `may_eject` says whether the group
     /// can spare one more ejected instance.
-    pub fn record(&self, outcome: Outcome, now: u64, outlier: &Outlier, may_eject: impl FnOnce() -> bool) -> Option<u64> {
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        now: u64,
+        outlier: &Outlier,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<u64> {
         if outcome == Outcome::Success {
             if self.failures.load(Ordering::Relaxed) != 0 {
                 self.failures.store(0, Ordering::Relaxed);
@@ -201,7 +207,10 @@ mod tests {
         for _ in 0..3 {
             instance.record(Outcome::Failure, 32_000, &outlier, || true);
         }
-        assert!(!instance.available(56_999) && instance.available(57_000), "capped at 25 s");
+        assert!(
+            !instance.available(56_999) && instance.available(57_000),
+            "capped at 25 s"
+        );
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl UpstreamGroup {
         let mut fallback: Option<&Arc<Instance>> = None;
         let mut best: Option<(&Arc<Instance>, u64)> = None;
         for offset in 0..count {
-            let Some(instance) = instances.get((turn + offset) % count) else { continue };
+            let Some(instance) = instances.get((turn + offset) % count) else {
+                continue;
+            };
             if !instance.available(now) {
                 continue;
             }
@@ -157,7 +159,10 @@ impl UpstreamGroup {
     pub fn replace_addresses(&self, addresses: &[(SocketAddr, usize)]) -> bool {
         let current = self.instances.load();
         let unchanged = current.len() == addresses.len()
-            && current.iter().zip(addresses).all(|(instance, (addr, _))| instance.addr == *addr);
+            && current
+                .iter()
+                .zip(addresses)
+                .all(|(instance, (addr, _))| instance.addr == *addr);
         if unchanged {
             return false;
         }
@@ -233,7 +238,11 @@ impl Upstreams {
         for group in groups.values() {
             let now = group.now();
             for instance in group.instances().iter() {
-                states.push((group.environment.clone(), instance.label.clone(), instance.available(now)));
+                states.push((
+                    group.environment.clone(),
+                    instance.label.clone(),
+                    instance.available(now),
+                ));
             }
         }
         states

@@ -54,10 +54,7 @@ pub async fn resolve_all(targets: &[Target], resolver: &Resolver) -> Result<Vec<
 
 /// [`resolve_all`] for configuration loading, which is not async: names (if any) are resolved on
 /// a short-lived thread with its own runtime, so that it works inside and outside tokio.
-pub fn resolve_all_blocking(
-    targets: &[Target],
-    resolver: &Resolver,
-) -> Result<Vec<(SocketAddr, usize)>, ResolveError> {
+pub fn resolve_all_blocking(targets: &[Target], resolver: &Resolver) -> Result<Vec<(SocketAddr, usize)>, ResolveError> {
     if targets.iter().all(|target| matches!(target, Target::Address(_))) {
         let addresses = targets.iter().enumerate().filter_map(|(index, target)| match target {
             Target::Address(addr) => Some((*addr, index)),

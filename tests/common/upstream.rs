@@ -172,7 +172,12 @@ struct Seen {
     client_certificate: bool,
 }
 
-async fn answer(name: String, state: Arc<State>, seen: Seen, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn answer(
+    name: String,
+    state: Arc<State>,
+    seen: Seen,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(respond(&name, &state, seen, request).await)
 }
 
