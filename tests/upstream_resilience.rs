@@ -362,3 +362,35 @@ async fn a_reload_that_leaves_the_upstreams_alone_keeps_health_states() {
         assert_eq!(served_by(&answer), "b", "the reload forgot that a is down");
     }
 }
+
+/// An address that accepts no more connections: its accept queue is full, so new connection
+/// attempts hang (the kernel drops their SYNs) until the client gives up.
+async fn black_hole() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    // Fill the queue; connections beyond it do not complete.
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    (listener, fillers)
+}
+
+#[tokio::test]
+async fn a_connect_timeout_moves_on_to_another_instance() {
+    let (hole, _fillers) = black_hole().await;
+    let app = Upstream::start("app").await;
+    let extra = "[timeouts]\nconnect = \"300ms\"\n[outlier_detection]\nconsecutive_failures = 0\n";
+    let (_fixture, running) = start(&[hole.local_addr().unwrap(), app.addr], extra).await;
+    // The first request goes to the black hole, waits out the connect timeout, and is retried.
+    let answer = running.get(HOST, "/").await;
+    assert_eq!((answer.status, served_by(&answer)), (StatusCode::OK, "app".to_owned()));
+    let retries = "gatehouse_upstream_retries_total{environment=\"shop\"}";
+    let (text, parsed) = scrape_until(&running, |s| s.contains_key(retries)).await;
+    assert_eq!(parsed.get(retries), Some(&1.0), "{text}");
+}
