@@ -186,6 +186,15 @@ async fn health_checks_take_an_instance_out_and_bring_it_back() {
         let answer = running.get(HOST, "/").await;
         assert_eq!((answer.status, served_by(&answer)), (StatusCode::OK, "b".to_owned()));
     }
+    // The admin listener shows each instance's state.
+    let report: serde_json::Value =
+        serde_json::from_str(&common::admin_get(&running, "/upstreams").await.text()).unwrap();
+    let instances = &report[0]["instances"];
+    assert_eq!(report[0]["environment"], "shop");
+    assert_eq!(instances[0]["address"], a.addr.to_string());
+    assert_eq!(instances[0]["health_check_passing"], false);
+    assert_eq!(instances[0]["available"], false);
+    assert_eq!(instances[1]["available"], true);
 
     a.set_healthy(true);
     let (text, parsed) = scrape_until(&running, |s| s.get(&a_state) == Some(&1.0)).await;

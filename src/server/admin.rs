@@ -89,9 +89,17 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
+        "/upstreams" => {
+            let report = serde_json::to_string_pretty(&shared.upstreams.report()).unwrap_or_default();
+            let mut response = text(StatusCode::OK, report);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /config, or POST /reload\n".to_owned(),
+            "not found: try /metrics, /healthz, /readyz, /config, /upstreams, or POST /reload\n".to_owned(),
         ),
     }
 }

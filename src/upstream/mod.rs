@@ -193,6 +193,26 @@ fn server_name(spec: &UpstreamSpec, target: usize) -> Option<ServerName<'static>
     spec.targets.get(target).and_then(Target::server_name)
 }
 
+/// One environment's instances, as `/upstreams` shows them.
+#[derive(Debug, serde::Serialize)]
+pub struct GroupReport {
+    pub environment: String,
+    pub load_balancing: &'static str,
+    pub instances: Vec<InstanceReport>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct InstanceReport {
+    pub address: String,
+    /// The `upstreams` entry it came from (a host name, or the address itself).
+    pub upstream: String,
+    pub available: bool,
+    pub health_check_passing: bool,
+    pub ejected: bool,
+    pub requests_in_flight: usize,
+    pub idle_connections: usize,
+}
+
 /// The groups of the configuration in force, by environment name, kept across reloads.
 #[derive(Debug, Default)]
 pub struct Upstreams {
@@ -229,6 +249,44 @@ impl Upstreams {
             kept.insert(environment.name.clone(), group);
         }
         *known = kept;
+    }
+
+    /// What `/upstreams` shows: every environment's instances and their state now.
+    pub fn report(&self) -> Vec<GroupReport> {
+        let groups = self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut report: Vec<GroupReport> = groups
+            .values()
+            .map(|group| {
+                let now = group.now();
+                GroupReport {
+                    environment: group.environment.to_string(),
+                    load_balancing: match group.spec.balance {
+                        Balance::RoundRobin => "round_robin",
+                        Balance::LeastOutstanding => "least_outstanding",
+                    },
+                    instances: group
+                        .instances()
+                        .iter()
+                        .map(|instance| InstanceReport {
+                            address: instance.label.to_string(),
+                            upstream: group
+                                .spec
+                                .targets
+                                .get(instance.target)
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                            available: instance.available(now),
+                            health_check_passing: instance.checked_healthy(),
+                            ejected: instance.ejected(now),
+                            requests_in_flight: instance.outstanding(),
+                            idle_connections: instance.pool.idle_count(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        report.sort_by(|a, b| a.environment.cmp(&b.environment));
+        report
     }
 
     /// Every instance's availability, for the `gatehouse_upstream_instance_healthy` gauge.
