@@ -30,7 +30,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve traffic (the default).
-    Run,
+    Run {
+        /// Threads that serve connections (like nginx's `worker_processes`); default: one per
+        /// CPU core.
+        #[arg(long)]
+        worker_threads: Option<std::num::NonZeroUsize>,
+    },
     /// Validate the configuration as a start would, print a summary, and exit.
     Check,
     /// Validate the configuration, then ask the running instance (through its admin listener)
@@ -56,8 +61,8 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(&cli.config),
+    match cli.command.unwrap_or(Command::Run { worker_threads: None }) {
+        Command::Run { worker_threads } => run(&cli.config, worker_threads),
         Command::Check => check(&cli.config),
         Command::Reload => reload(&cli.config),
         Command::Explain {
@@ -152,7 +157,7 @@ fn explain(config: &Path, question: &Question<'_>) -> ExitCode {
     }
 }
 
-fn run(config: &Path) -> ExitCode {
+fn run(config: &Path, worker_threads: Option<std::num::NonZeroUsize>) -> ExitCode {
     init_logging();
     let snapshot = match snapshot::load(config) {
         Ok(snapshot) => snapshot,
@@ -164,7 +169,18 @@ fn run(config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker thread: tokio's single-threaded scheduler, which spares the work-stealing
+    // bookkeeping (as an nginx worker runs one event loop).
+    let mut builder = match worker_threads.map(std::num::NonZeroUsize::get) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");
@@ -231,7 +247,10 @@ async fn serve_until_stopped(proxy: &Proxy, config: &Path) {
                 reloading.extend(NotifyState::monotonic_usec_now().ok());
                 tell_systemd(&reloading);
                 // A refused configuration is logged and audited; the running one stays.
-                let _ = tokio::task::block_in_place(|| proxy.reload(config, ReloadTrigger::Signal));
+                // Off the serving thread: a reload reads files and may resolve host names.
+                let shared = proxy.shared();
+                let main_file = config.to_path_buf();
+                let _ = tokio::task::spawn_blocking(move || shared.reload(&main_file, ReloadTrigger::Signal)).await;
                 tell_systemd(&[NotifyState::Ready]);
             }
         }

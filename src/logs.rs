@@ -100,13 +100,25 @@ async fn open(target: &Target) -> Option<Box<dyn AsyncWrite + Send + Unpin>> {
     }
 }
 
+/// Bytes of log lines gathered before a write.
+const BUFFER: usize = 64 * 1024;
+/// Lines reach the log within this time.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut reopen = match target {
         Target::File(_) => signal(SignalKind::user_defined1()).ok(),
         _ => None,
     };
-    let mut output = open(&target).await.map(BufWriter::new);
+    let mut output = open(&target)
+        .await
+        .map(|writer| BufWriter::with_capacity(BUFFER, writer));
+    // Lines are written in batches and flushed at least every FLUSH_EVERY: a flush per line
+    // would cost a system call (and, for files, a hand-off to tokio's blocking pool) per request.
+    let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = false;
     loop {
         tokio::select! {
             line = receiver.recv() => {
@@ -114,24 +126,28 @@ async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
                 if let Some(writer) = output.as_mut() {
                     let written = async {
                         writer.write_all(line.as_bytes()).await?;
-                        writer.write_all(b"\n").await?;
-                        // Flush when the queue is drained, so that lines are visible promptly
-                        // without a write per line under load.
-                        if receiver.is_empty() {
-                            writer.flush().await?;
-                        }
-                        std::io::Result::Ok(())
+                        writer.write_all(b"\n").await
                     };
                     if let Err(err) = written.await {
                         tracing::error!(error = %err, "cannot write log line");
                     }
+                    dirty = true;
                 }
+            }
+            _ = flush_tick.tick(), if dirty => {
+                if let Some(writer) = output.as_mut()
+                    && let Err(err) = writer.flush().await
+                {
+                    tracing::error!(error = %err, "cannot write log lines");
+                }
+                dirty = false;
             }
             Some(()) = async { match reopen.as_mut() { Some(signal) => signal.recv().await, None => std::future::pending().await } } => {
                 if let Some(writer) = output.as_mut() {
                     let _ = writer.flush().await;
                 }
-                output = open(&target).await.map(BufWriter::new);
+                output = open(&target).await.map(|writer| BufWriter::with_capacity(BUFFER, writer));
+                dirty = false;
                 tracing::info!("log file reopened");
             }
         }

@@ -108,7 +108,10 @@ pub async fn send(group: &UpstreamGroup, outgoing: Outgoing, policy: Policy) -> 
         host,
         upgrade,
     } = outgoing;
-    let replay = (policy.retries > 0).then(|| Replay::of(&request, upgrade)).flatten();
+    // A replay can only go to another instance: with one instance there is nothing to keep.
+    let replay = (policy.retries > 0 && group.instances().len() > 1)
+        .then(|| Replay::of(&request, upgrade))
+        .flatten();
     let mut attempts_left = policy.retries;
     let Some(mut instance) = group.pick(None) else {
         return Err(Failed {
