@@ -29,7 +29,9 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
         service_fn(move |request| {
             let shared = shared.clone();
             let connection = connection.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&shared, &connection, request).await) }
+            // Boxed: the request's state machine is several KiB; inline it would stay part of
+            // every idle keep-alive connection's memory after its first request.
+            Box::pin(async move { Ok::<_, Infallible>(proxy::handle(&shared, &connection, request).await) })
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
