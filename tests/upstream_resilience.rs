@@ -403,3 +403,37 @@ async fn a_connect_timeout_moves_on_to_another_instance() {
     let (text, parsed) = scrape_until(&running, |s| s.contains_key(retries)).await;
     assert_eq!(parsed.get(retries), Some(&1.0), "{text}");
 }
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
+    let app = Upstream::start("app").await;
+    let (_fixture, running) = start(&[app.addr], "[pool]\nidle_timeout = \"1s\"\n").await;
+    for _ in 0..3 {
+        assert_eq!(running.get(HOST, "/").await.status, StatusCode::OK);
+    }
+    let gauge = "gatehouse_upstream_connections";
+    let (text, parsed) = scrape_until(&running, |s| s.get(gauge) == Some(&1.0)).await;
+    assert_eq!(
+        parsed.get(gauge),
+        Some(&1.0),
+        "one pooled connection carried them all:\n{text}"
+    );
+    let (text, parsed) = scrape_until(&running, |s| s.get(gauge) == Some(&0.0)).await;
+    assert_eq!(
+        parsed.get(gauge),
+        Some(&0.0),
+        "the idle connection was never closed:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_of_zero_idle_connections_closes_each_after_its_request() {
+    let app = Upstream::start("app").await;
+    let (_fixture, running) = start(&[app.addr], "[pool]\nmax_idle_per_instance = 0\n").await;
+    for _ in 0..3 {
+        assert_eq!(running.get(HOST, "/").await.status, StatusCode::OK);
+    }
+    let gauge = "gatehouse_upstream_connections";
+    let (text, parsed) = scrape_until(&running, |s| s.get(gauge) == Some(&0.0)).await;
+    assert_eq!(parsed.get(gauge), Some(&0.0), "{text}");
+}
