@@ -6,8 +6,11 @@
 //!   and compiles them into one immutable [`snapshot::Snapshot`], which `server` holds in an
 //!   `ArcSwap`;
 //! * **a request** (hot): `server` accepts and terminates TLS (`tls` policies chosen by SNI),
-//!   `route` maps the host to an environment, `proxy` forwards to an app instance and streams the
-//!   answer back, `pages` holds gatehouse's own answers.
+//!   `route` maps the host to an environment, `access` decides, `proxy` rewrites the request and
+//!   hands it to `upstream` (instance choice, pooled connections, safe retries), streams the answer
+//!   back, and `pages` holds gatehouse's own answers.
+//! * **upstream upkeep** (background): each environment's `upstream` group runs its health checks,
+//!   re-resolves host names and closes idle connections, and survives reloads that leave it alone.
 
 pub mod access;
 pub mod cli;
