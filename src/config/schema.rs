@@ -246,7 +246,7 @@ fn default_header_read_timeout() -> ConfigDuration {
     ConfigDuration::secs(30)
 }
 
-/// Settings for the shared pool of keep-alive connections to app instances.
+/// `[upstream]`: defaults for every environment's connections to its instances, and name resolution.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
