@@ -4,7 +4,7 @@
 //! up to the configured drain time.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
 use super::Shared;
@@ -55,15 +55,17 @@ impl Drop for Open<'_> {
 
 /// Serve `connection` to its end, finishing it gracefully if the proxy starts draining or
 /// `retire` is woken (the connection served its share of requests).
+///
+/// The connection is pinned by the caller: taken by value, it would be stored twice in this
+/// future (once as the argument, once pinned), and every idle connection would carry the copy.
 pub async fn serve_until_drained<C: GracefulConnection>(
     shared: &Shared,
-    connection: C,
+    mut connection: Pin<&mut C>,
     retire: Option<&tokio::sync::Notify>,
 ) -> C::Output {
     shared.open_connections.fetch_add(1, Ordering::SeqCst);
     let _open = Open(shared);
     let mut draining = shared.draining.subscribe();
-    let mut connection = pin!(connection);
     tokio::select! {
         output = connection.as_mut() => return output,
         _ = draining.wait_for(|draining| *draining) => {}

@@ -10,9 +10,30 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Shared;
+use super::drain::GracefulConnection;
 use crate::proxy::{self, ConnectionInfo};
 
+/// Serve HTTP on `tls` until the client leaves or the connection is drained.
+///
+/// Memory per idle connection is what an operator pays for every keep-alive client, so the
+/// connection state lives in one allocation of its own size (boxed), and this future holds
+/// little more than pointers to it; the builders are gone before the first byte is read.
 pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
+    let _open = shared.metrics.connection_opened(alpn_h2);
+    let mut http = Box::pin(http_connection(&shared, connection.clone(), tls, alpn_h2));
+    let served = super::drain::serve_until_drained(&shared, http.as_mut(), Some(&connection.retire)).await;
+    if let Err(err) = served {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+}
+
+/// hyper's connection for `tls`, with the limits of the current configuration.
+fn http_connection(
+    shared: &Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    tls: TlsStream<TcpStream>,
+    alpn_h2: bool,
+) -> impl GracefulConnection<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + use<> {
     let (header_timeout, max_head, max_headers, max_streams) = {
         let settings = &shared.snapshot.load().settings;
         (
@@ -22,8 +43,6 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
             settings.http2_max_concurrent_streams,
         )
     };
-    let _open = shared.metrics.connection_opened(alpn_h2);
-    let retire_on = connection.clone();
     let service = {
         let shared = shared.clone();
         service_fn(move |request| {
@@ -52,8 +71,7 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: Tl
     } else {
         builder.http1_only()
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(err) = super::drain::serve_until_drained(&shared, connection, Some(&retire_on.retire)).await {
-        tracing::debug!(error = %err, "connection ended with an error");
-    }
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .into_owned()
 }

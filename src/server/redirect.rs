@@ -58,6 +58,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
+    let connection = std::pin::pin!(connection);
     let served = super::drain::serve_until_drained(&shared_for_drain, connection, None).await;
     if let Err(err) = served {
         tracing::debug!(error = %err, "plain-http connection ended with an error");
