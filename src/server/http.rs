@@ -1,77 +1,112 @@
 //! HTTP on an established TLS connection: HTTP/2 when ALPN chose it, HTTP/1.1 otherwise.
+//!
+//! ALPN has already decided the protocol, so hyper's HTTP/1.1 or HTTP/2 connection is built
+//! directly. (hyper-util's `auto` builder would first read 24 bytes to look for the HTTP/2
+//! preface; that partial read made hyper's HTTP/1.1 read buffer double to 16 KiB on every
+//! connection, kept for the connection's life.)
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Shared;
-use super::drain::GracefulConnection;
+use super::drain::serve_until_drained;
+use crate::pages::ResponseBody;
+use crate::proxy::observe::ObservedBody;
 use crate::proxy::{self, ConnectionInfo};
+
+type Io = TokioIo<TlsStream<TcpStream>>;
 
 /// Serve HTTP on `tls` until the client leaves or the connection is drained.
 ///
-/// Memory per idle connection is what an operator pays for every keep-alive client, so the
-/// connection state lives in one allocation of its own size (boxed), and this future holds
-/// little more than pointers to it; the builders are gone before the first byte is read.
+/// Memory per idle connection is what an operator pays for every keep-alive client, so hyper's
+/// connection lives in one allocation of its own size (boxed), and this future holds little
+/// more than pointers to it; the builders are gone before the first byte is read.
 pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
     let _open = shared.metrics.connection_opened(alpn_h2);
-    let mut http = Box::pin(http_connection(&shared, connection.clone(), tls, alpn_h2));
-    let served = super::drain::serve_until_drained(&shared, http.as_mut(), Some(&connection.retire)).await;
+    let mut tls = tls;
+    // hyper allocates its buffers as soon as it starts; a connection that has sent nothing yet
+    // needs none. Wait for the client's first bytes (already decrypted ones count: they stay in
+    // rustls for hyper to read), within the same time hyper gives a request head.
+    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+    match tokio::time::timeout(header_timeout, tls.fill_buf()).await {
+        Ok(Ok(first)) if !first.is_empty() => {}
+        _ => return,
+    }
+    let io = TokioIo::new(tls);
+    let retire = Some(&connection.retire);
+    let served = if alpn_h2 {
+        let mut http = Box::pin(http2_connection(&shared, connection.clone(), io));
+        serve_until_drained(&shared, http.as_mut(), retire).await
+    } else {
+        let mut http = Box::pin(http1_connection(&shared, connection.clone(), io));
+        serve_until_drained(&shared, http.as_mut(), retire).await
+    };
     if let Err(err) = served {
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }
 
-/// hyper's connection for `tls`, with the limits of the current configuration.
-fn http_connection(
+type Answer = Result<http::Response<ObservedBody<ResponseBody>>, Infallible>;
+
+/// The request handler for one connection.
+fn service(
     shared: &Arc<Shared>,
     connection: Arc<ConnectionInfo>,
-    tls: TlsStream<TcpStream>,
-    alpn_h2: bool,
-) -> impl GracefulConnection<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + use<> {
-    let (header_timeout, max_head, max_headers, max_streams) = {
-        let settings = &shared.snapshot.load().settings;
-        (
-            settings.request_header_timeout,
-            settings.max_request_header_bytes,
-            settings.max_request_headers,
-            settings.http2_max_concurrent_streams,
-        )
-    };
-    let service = {
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<ObservedBody<ResponseBody>>,
+    Error = Infallible,
+    Future = Pin<Box<dyn Future<Output = Answer> + Send>>,
+> + Clone
++ use<> {
+    let shared = shared.clone();
+    service_fn(move |request| {
         let shared = shared.clone();
-        service_fn(move |request| {
-            let shared = shared.clone();
-            let connection = connection.clone();
-            // Boxed: the request's state machine is several KiB; inline it would stay part of
-            // every idle keep-alive connection's memory after its first request.
-            Box::pin(async move { Ok::<_, Infallible>(proxy::handle(&shared, &connection, request).await) })
-        })
-    };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+        let connection = connection.clone();
+        // Boxed: the request's state machine is several KiB; inline it would stay part of
+        // every idle keep-alive connection's memory after its first request.
+        let handled: Pin<Box<dyn Future<Output = Answer> + Send>> =
+            Box::pin(async move { Ok(proxy::handle(&shared, &connection, request).await) });
+        handled
+    })
+}
+
+/// hyper's HTTP/1.1 connection for `io` (with upgrades, for WebSocket), with the limits of the
+/// current configuration.
+fn http1_connection(
+    shared: &Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    io: Io,
+) -> impl super::drain::GracefulConnection<Output = hyper::Result<()>> + use<> {
+    let settings = &shared.snapshot.load().settings;
+    hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(settings.request_header_timeout)
         // A request head larger than the buffer, or with too many fields, is answered 431.
-        .max_buf_size(max_head)
-        .max_headers(max_headers);
-    builder
-        .http2()
+        .max_buf_size(settings.max_request_header_bytes)
+        .max_headers(settings.max_request_headers)
+        .serve_connection(io, service(shared, connection))
+        .with_upgrades()
+}
+
+/// hyper's HTTP/2 connection for `io`, with the limits of the current configuration.
+fn http2_connection(
+    shared: &Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    io: Io,
+) -> impl super::drain::GracefulConnection<Output = hyper::Result<()>> + use<> {
+    let settings = &shared.snapshot.load().settings;
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_concurrent_streams(max_streams)
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
-    let builder = if alpn_h2 {
-        builder.http2_only()
-    } else {
-        builder.http1_only()
-    };
-    builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .into_owned()
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.max_request_header_bytes).unwrap_or(u32::MAX))
+        .serve_connection(io, service(shared, connection))
 }
