@@ -177,6 +177,22 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
     );
 }
 
+/// gatehouse waits for a connection's first bytes before it starts hyper on it (no buffers for
+/// a client that says nothing); that wait has the same bound as a request head.
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_timeout() {
+    let (_fixture, _app, running) = start("request_header_timeout = \"300ms\"\n").await;
+    let mut silent = running.try_tls_after(b"", CONNECT).await.unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_by_server(&mut silent).await,
+        "a TLS connection without a request stayed open"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The same listener still serves a client that does send its request.
+    assert_eq!(running.get("shop.apps.test", "/").await.status, 200);
+}
+
 #[tokio::test]
 async fn a_connection_finishes_after_its_share_of_requests() {
     let (_fixture, _app, running) = start("max_requests_per_connection = 3\n").await;

@@ -71,7 +71,7 @@ impl Drop for Open<'_> {
 ///
 /// The connection is pinned by the caller: taken by value, it would be stored twice in this
 /// future (once as the argument, once pinned), and every idle connection would carry the copy.
-pub async fn serve_until_drained<C: GracefulConnection>(
+pub async fn serve_until_drained<C: GracefulConnection + ?Sized>(
     shared: &Shared,
     mut connection: Pin<&mut C>,
     retire: Option<&tokio::sync::Notify>,

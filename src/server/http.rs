@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Shared;
-use super::drain::serve_until_drained;
+use super::drain::{GracefulConnection, serve_until_drained};
 use crate::pages::ResponseBody;
 use crate::proxy::observe::ObservedBody;
 use crate::proxy::{self, ConnectionInfo};
@@ -26,31 +26,44 @@ type Io = TokioIo<TlsStream<TcpStream>>;
 
 /// Serve HTTP on `tls` until the client leaves or the connection is drained.
 ///
-/// Memory per idle connection is what an operator pays for every keep-alive client, so hyper's
-/// connection lives in one allocation of its own size (boxed), and this future holds little
-/// more than pointers to it; the builders are gone before the first byte is read.
-pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, tls: TlsStream<TcpStream>, alpn_h2: bool) {
+/// Memory per idle connection is what an operator pays for every keep-alive client, so hyper
+/// starts only once the client has sent something, its connection lives in one allocation of
+/// its own size (boxed), and this future holds little more than the TLS stream while it waits
+/// and a pointer after; the builders are gone before hyper reads a byte.
+pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, mut tls: TlsStream<TcpStream>, alpn_h2: bool) {
     let _open = shared.metrics.connection_opened(alpn_h2);
-    let mut tls = tls;
-    // hyper allocates its buffers as soon as it starts; a connection that has sent nothing yet
-    // needs none. Wait for the client's first bytes (already decrypted ones count: they stay in
-    // rustls for hyper to read), within the same time hyper gives a request head.
-    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
-    match tokio::time::timeout(header_timeout, tls.fill_buf()).await {
-        Ok(Ok(first)) if !first.is_empty() => {}
-        _ => return,
+    if !first_bytes(&shared, &mut tls).await {
+        return;
     }
-    let io = TokioIo::new(tls);
-    let retire = Some(&connection.retire);
-    let served = if alpn_h2 {
-        let mut http = Box::pin(http2_connection(&shared, connection.clone(), io));
-        serve_until_drained(&shared, http.as_mut(), retire).await
-    } else {
-        let mut http = Box::pin(http1_connection(&shared, connection.clone(), io));
-        serve_until_drained(&shared, http.as_mut(), retire).await
-    };
-    if let Err(err) = served {
+    let mut http = http_connection(&shared, connection.clone(), tls, alpn_h2);
+    if let Err(err) = serve_until_drained(&shared, http.as_mut(), Some(&connection.retire)).await {
         tracing::debug!(error = %err, "connection ended with an error");
+    }
+}
+
+/// Wait for the client's first bytes: hyper allocates its buffers as soon as it starts, and a
+/// connection that has sent nothing yet needs none. Bytes already decrypted count (they stay in
+/// rustls for hyper to read). Bounded by the time hyper gives a request head; false if the
+/// client left or sent nothing in that time.
+async fn first_bytes(shared: &Shared, tls: &mut TlsStream<TcpStream>) -> bool {
+    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+    matches!(tokio::time::timeout(header_timeout, tls.fill_buf()).await, Ok(Ok(first)) if !first.is_empty())
+}
+
+type Connection = Pin<Box<dyn GracefulConnection<Output = hyper::Result<()>> + Send>>;
+
+/// hyper's connection for the protocol ALPN chose, boxed: one allocation of its own size.
+fn http_connection(
+    shared: &Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    tls: TlsStream<TcpStream>,
+    alpn_h2: bool,
+) -> Connection {
+    let io = TokioIo::new(tls);
+    if alpn_h2 {
+        Box::pin(http2_connection(shared, connection, io))
+    } else {
+        Box::pin(http1_connection(shared, connection, io))
     }
 }
 
@@ -85,7 +98,7 @@ fn http1_connection(
     shared: &Arc<Shared>,
     connection: Arc<ConnectionInfo>,
     io: Io,
-) -> impl super::drain::GracefulConnection<Output = hyper::Result<()>> + use<> {
+) -> impl GracefulConnection<Output = hyper::Result<()>> + Send + use<> {
     let settings = &shared.snapshot.load().settings;
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -102,7 +115,7 @@ fn http2_connection(
     shared: &Arc<Shared>,
     connection: Arc<ConnectionInfo>,
     io: Io,
-) -> impl super::drain::GracefulConnection<Output = hyper::Result<()>> + use<> {
+) -> impl GracefulConnection<Output = hyper::Result<()>> + Send + use<> {
     let settings = &shared.snapshot.load().settings;
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -208,11 +208,13 @@ mod tests {
 
     /// Every open connection is one task of this size for as long as it lives, idle or not.
     /// With the handshake and hyper's connection inline it was 36 KiB (and resident memory per
-    /// idle connection followed); the phases that end are boxed so that it stays small.
+    /// idle connection followed); the phases that end are boxed so that it stays small. What it
+    /// does hold inline is the TLS stream (~1.2 KiB) while it waits for the first request bytes,
+    /// before hyper's connection (boxed) takes it.
     #[test]
     fn a_connection_task_holds_no_handshake_or_connection_state_inline() {
         let size = task_size(serve);
         println!("connection task: {size} bytes");
-        assert!(size <= 2560, "the per-connection task grew to {size} bytes");
+        assert!(size <= 3584, "the per-connection task grew to {size} bytes");
     }
 }
