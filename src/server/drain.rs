@@ -43,20 +43,6 @@ where
     }
 }
 
-impl<I, S> GracefulConnection for hyper::server::conn::http1::Connection<I, S>
-where
-    Self: Future,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: hyper::body::Body + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
-        hyper::server::conn::http1::Connection::graceful_shutdown(self)
-    }
-}
-
 /// Counts a connection as open for as long as it lives.
 struct Open<'a>(&'a Shared);
 

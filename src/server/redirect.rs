@@ -57,7 +57,10 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        // The redirect never answers 101; this only gives the connection the same type as the
+        // TLS listener's, so that one graceful-shutdown implementation serves both.
+        .with_upgrades();
     let connection = std::pin::pin!(connection);
     let served = super::drain::serve_until_drained(&shared_for_drain, connection, None).await;
     if let Err(err) = served {
