@@ -248,3 +248,107 @@ async fn http2_client_reaches_http11_app_with_cookies_te_and_trailers_translated
     let expected = fnv1a(FNV_START, &(0..300_000).map(pattern).collect::<Vec<u8>>());
     assert_eq!(answer.text(), format!("received 300000 {expected:x}"));
 }
+
+// Keep-alive connections are parked between requests: once idle, hyper's connection (and its
+// buffers) is released and only the TLS stream waits for the client's next bytes. None of that
+// may be visible to a client: the tests below pause longer than a connection takes to be
+// parked (20 ms) at every point where a byte could be lost or misread.
+const PAUSE: Duration = Duration::from_millis(120);
+
+/// Read from `tls` until `marker` has been seen `times` times in what arrived.
+async fn read_until(tls: &mut (impl AsyncReadExt + Unpin), seen: &mut Vec<u8>, marker: &str, times: usize) {
+    let count = |seen: &[u8]| String::from_utf8_lossy(seen).matches(marker).count();
+    let mut buffer = [0u8; 8192];
+    while count(seen) < times {
+        let read = tokio::time::timeout(common::WAIT, tls.read(&mut buffer))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(read > 0, "connection closed; got {}", String::from_utf8_lossy(seen));
+        seen.extend_from_slice(&buffer[..read]);
+    }
+}
+
+async fn raw_tls(running: &Running) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    running
+        .tls(common::Connect {
+            server_name: "shop.apps.test",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
+        .await
+}
+
+#[tokio::test]
+async fn keep_alive_requests_after_pauses_are_answered_on_the_same_connection() {
+    let (_fixture, _apps, running) = start(1).await;
+    let mut sender = running.h1("shop.apps.test").await;
+    for round in 0..3 {
+        let path = format!("/round-{round}");
+        let answer = send_h1(&mut sender, get("shop.apps.test", &path)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.text().contains(&format!("GET {path}\n")), "{}", answer.text());
+        tokio::time::sleep(PAUSE).await;
+    }
+    // A request with a body keeps hyper's connection to its end; the next one still works.
+    let upload = Request::post("/upload")
+        .header("host", "shop.apps.test")
+        .body(http_body_util::Full::new(Bytes::from_static(b"twelve bytes")).boxed())
+        .unwrap();
+    assert_eq!(send_h1(&mut sender, upload).await.status, StatusCode::OK);
+    tokio::time::sleep(PAUSE).await;
+    let answer = send_h1(&mut sender, get("shop.apps.test", "/after-upload")).await;
+    assert!(answer.text().contains("GET /after-upload\n"), "{}", answer.text());
+}
+
+#[tokio::test]
+async fn pipelined_and_split_requests_survive_parking_in_order() {
+    let (_fixture, _apps, running) = start(1).await;
+    let mut tls = raw_tls(&running).await;
+    let mut seen = Vec::new();
+    // Two requests in one write: answered in order.
+    tls.write_all(
+        b"GET /one HTTP/1.1\r\nhost: shop.apps.test\r\n\r\nGET /two HTTP/1.1\r\nhost: shop.apps.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    read_until(&mut tls, &mut seen, "HTTP/1.1 200", 2).await;
+    read_until(&mut tls, &mut seen, "GET /two\n", 1).await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        text.find("GET /one\n").unwrap() < text.find("GET /two\n").unwrap(),
+        "{text}"
+    );
+    // Idle (parked), then a request head that arrives in three parts with pauses between:
+    // the bytes read ahead while parked start the next hyper connection's request.
+    for part in [&b"GET /thr"[..], b"ee HTTP/1.1\r\nhost: shop.apps", b".test\r\n\r\n"] {
+        tokio::time::sleep(PAUSE).await;
+        tls.write_all(part).await.unwrap();
+    }
+    read_until(&mut tls, &mut seen, "GET /three\n", 1).await;
+    assert_eq!(String::from_utf8_lossy(&seen).matches("HTTP/1.1 200").count(), 3);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_on_a_parked_connection_keeps_the_bytes_sent_with_the_request() {
+    let (_fixture, _apps, running) = start(1).await;
+    let mut tls = raw_tls(&running).await;
+    let mut seen = Vec::new();
+    tls.write_all(b"GET /first HTTP/1.1\r\nhost: shop.apps.test\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tls, &mut seen, "GET /first\n", 1).await;
+    tokio::time::sleep(PAUSE).await;
+    // The upgrade request and the first bytes for the app in one write: the bytes after the
+    // request head were read ahead by hyper and must reach the app through the tunnel.
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: shop.apps.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\nearly bytes",
+    )
+    .await
+    .unwrap();
+    read_until(&mut tls, &mut seen, "HTTP/1.1 101", 1).await;
+    read_until(&mut tls, &mut seen, "early bytes", 1).await;
+    tls.write_all(b"later bytes").await.unwrap();
+    read_until(&mut tls, &mut seen, "later bytes", 1).await;
+}

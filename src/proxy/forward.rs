@@ -75,7 +75,7 @@ const GATEHOUSE_SETS: [HeaderName; 8] = [
 pub async fn forward(
     context: &RequestContext<'_>,
     host: HeaderValue,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     details: &mut Details,
 ) -> Response<ResponseBody> {
     let RequestContext {
@@ -86,7 +86,7 @@ pub async fn forward(
         ..
     } = *context;
     let upgrade_protocol = upgrade::requested_protocol(&request);
-    let downstream_upgrade = upgrade_protocol.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = upgrade_protocol.as_ref().map(|_| connection.upgrade.expect());
     // Upgraded connections live as long as their users want; every other exchange has its limit.
     let total_deadline = environment
         .total_timeout

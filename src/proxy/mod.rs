@@ -51,6 +51,8 @@ pub struct ConnectionInfo {
     pub requests: AtomicU64,
     /// Woken when the connection has served its share of requests and should finish.
     pub retire: tokio::sync::Notify,
+    /// The client's connection for a request that asked to upgrade (HTTP/1.1 only).
+    pub upgrade: upgrade::UpgradeHandover,
 }
 
 /// A certificate the client presented, with its verdict for each CA of the connection's policy.

@@ -44,7 +44,14 @@ where
 }
 
 /// Counts a connection as open for as long as it lives.
-struct Open<'a>(&'a Shared);
+pub struct Open<'a>(&'a Shared);
+
+impl<'a> Open<'a> {
+    pub fn count(shared: &'a Shared) -> Self {
+        shared.open_connections.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
@@ -62,8 +69,7 @@ pub async fn serve_until_drained<C: GracefulConnection + ?Sized>(
     mut connection: Pin<&mut C>,
     retire: Option<&tokio::sync::Notify>,
 ) -> C::Output {
-    shared.open_connections.fetch_add(1, Ordering::SeqCst);
-    let _open = Open(shared);
+    let _open = Open::count(shared);
     let mut draining = shared.draining.subscribe();
     tokio::select! {
         output = connection.as_mut() => return output,

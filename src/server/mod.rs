@@ -9,6 +9,7 @@ pub mod admin_client;
 mod drain;
 mod gate;
 mod http;
+mod http1;
 mod listener;
 mod listeners;
 pub mod proxy_protocol;
