@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::instance::Instance;
+use super::pool::PoolReturn;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -23,24 +24,47 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("the application's response stalled past the environment's timeout")]
 pub struct BodyTimedOut;
 
-/// Counts a request as in flight on its instance while it lives.
-#[derive(Debug)]
-pub struct Lease(Arc<Instance>);
+/// Counts a request as in flight on its instance while it lives; when it ends (with the
+/// response body), the HTTP/1.1 connection that carried the request goes back to the pool.
+pub struct Lease {
+    instance: Arc<Instance>,
+    connection: Option<PoolReturn>,
+}
 
 impl Lease {
     pub fn new(instance: Arc<Instance>) -> Self {
         instance.request_started();
-        Self(instance)
+        Self {
+            instance,
+            connection: None,
+        }
     }
 
     pub fn instance(&self) -> &Arc<Instance> {
-        &self.0
+        &self.instance
+    }
+
+    /// Return `connection` to the pool when the exchange ends.
+    pub fn return_on_end(&mut self, connection: PoolReturn) {
+        self.connection = Some(connection);
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Lease")
+            .field("instance", &self.instance.addr)
+            .finish()
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.request_ended();
+        self.instance.request_ended();
+        if let Some(connection) = self.connection.take() {
+            connection.hand_back(&self.instance);
+        }
     }
 }
 

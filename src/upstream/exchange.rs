@@ -22,7 +22,7 @@ use super::UpstreamGroup;
 use super::body::Lease;
 use super::connect::{ConnectError, ConnectSettings, connect};
 use super::instance::{Instance, Outcome};
-use super::pool::Sender;
+use super::pool::{PoolReturn, Sender};
 
 /// A rewritten request, ready for an instance: origin-form URI, headers for the app.
 pub struct Outgoing {
@@ -143,14 +143,18 @@ pub async fn send(group: &UpstreamGroup, outgoing: Outgoing, policy: Policy) -> 
                 }
             }
         };
-        let sending = send_on(sender, request, &host, group, &instance);
+        let sending = send_on(sender, request, &host, group);
         let outcome = tokio::time::timeout(policy.response_timeout, sending).await;
         match outcome {
             Err(_elapsed) => {
                 group.record(&instance, Outcome::Failure);
                 return Err(failed(Failure::Timeout(policy.response_timeout)));
             }
-            Ok(Ok(response)) => {
+            Ok(Ok((response, connection))) => {
+                let mut lease = lease;
+                if let Some(connection) = connection {
+                    lease.return_on_end(connection);
+                }
                 let outcome = if response.status().is_server_error() {
                     Outcome::Failure
                 } else {
@@ -235,29 +239,21 @@ async fn checkout_or_connect(
 
 type SendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
 
-/// Send on one connection; an HTTP/1.1 connection goes back to the pool once its exchange is
-/// over.
+/// Send on one connection; an HTTP/1.1 connection that can carry another request comes back
+/// with the response, to return to the pool when the exchange is over.
 async fn send_on(
     sender: Sender,
     mut request: Request<RequestBody>,
     host: &HeaderValue,
     group: &UpstreamGroup,
-    instance: &Arc<Instance>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
     match sender {
         Sender::Http1(mut sender) => {
             *request.version_mut() = Version::HTTP_11;
             let response = sender.try_send_request(request).await?;
-            let instance = instance.clone();
             let max_idle = group.spec.pool.max_idle_per_instance;
-            if max_idle > 0 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                tokio::spawn(async move {
-                    if sender.ready().await.is_ok() {
-                        instance.pool.put_back(sender, max_idle);
-                    }
-                });
-            }
-            Ok(response)
+            let reusable = max_idle > 0 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+            Ok((response, reusable.then(|| PoolReturn::new(sender, max_idle))))
         }
         Sender::Http2(mut sender) => {
             if let Some(uri) = absolute_uri(request.uri(), host) {
@@ -266,7 +262,7 @@ async fn send_on(
             *request.version_mut() = Version::HTTP_2;
             // HTTP/2 names the host in `:authority`.
             request.headers_mut().remove(header::HOST);
-            sender.try_send_request(request).await
+            Ok((sender.try_send_request(request).await?, None))
         }
     }
 }

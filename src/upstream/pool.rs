@@ -3,18 +3,54 @@
 //!
 //! The lock is held only to push or pop a handle, never across I/O.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 use tokio::time::Instant;
 
 use super::RequestBody;
+use super::instance::Instance;
 
 /// A connection ready to carry a request.
 pub enum Sender {
     Http1(http1::SendRequest<RequestBody>),
     Http2(http2::SendRequest<RequestBody>),
+}
+
+/// An HTTP/1.1 connection whose exchange is under way: it goes back to its instance's pool once
+/// it can carry another request (the app's response read to its end), or is closed.
+pub struct PoolReturn {
+    sender: http1::SendRequest<RequestBody>,
+    max_idle: usize,
+}
+
+impl PoolReturn {
+    pub fn new(sender: http1::SendRequest<RequestBody>, max_idle: usize) -> Self {
+        Self { sender, max_idle }
+    }
+
+    /// Back to `instance`'s pool now if the connection is ready, which it usually is once the
+    /// response body has been read; otherwise a small task waits for it to become ready (or to
+    /// close). No task per request on the common path.
+    pub fn hand_back(mut self, instance: &Arc<Instance>) {
+        match self.sender.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => instance.pool.put_back(self.sender, self.max_idle),
+            Poll::Ready(Err(_closed)) => {}
+            Poll::Pending => {
+                // Outside a runtime (the process is ending) the connection is simply dropped.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let instance = instance.clone();
+                    runtime.spawn(async move {
+                        if self.sender.ready().await.is_ok() {
+                            instance.pool.put_back(self.sender, self.max_idle);
+                        }
+                    });
+                }
+            }
+        }
+    }
 }
 
 struct Idle {
