@@ -303,6 +303,20 @@ fn resident_kib_of(pid: u32) -> u64 {
     statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4
 }
 
+/// Open `count` keep-alive connections, one request each, and keep them in `senders`.
+async fn open_with_one_request(
+    clients: &common::Running,
+    count: usize,
+    senders: &mut Vec<hyper::client::conn::http1::SendRequest<common::ClientBody>>,
+) {
+    for _ in 0..count {
+        let mut sender = clients.h1("app.apps.test").await;
+        let answer = send_h1(&mut sender, get("app.apps.test", "/")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        senders.push(sender);
+    }
+}
+
 /// An idle keep-alive connection costs its TLS stream, not hyper's: once a connection has been
 /// idle briefly, hyper's connection with its 8 KiB read buffer and 8 KiB header write buffer is
 /// released until the client sends again (`src/server/http1.rs`). Kept, they made a connection
@@ -319,24 +333,10 @@ async fn idle_keep_alive_connections_release_hypers_buffers() {
     let pid = gatehouse.child.id();
     // Warm up the allocator, the upstream pool and the request path, as a running proxy is.
     let mut senders = Vec::new();
-    for _ in 0..20 {
-        let mut sender = clients.h1("app.apps.test").await;
-        assert_eq!(
-            send_h1(&mut sender, get("app.apps.test", "/")).await.status,
-            StatusCode::OK
-        );
-        senders.push(sender);
-    }
+    open_with_one_request(&clients, 20, &mut senders).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = resident_kib_of(pid);
-    for _ in 0..CONNECTIONS {
-        let mut sender = clients.h1("app.apps.test").await;
-        assert_eq!(
-            send_h1(&mut sender, get("app.apps.test", "/")).await.status,
-            StatusCode::OK
-        );
-        senders.push(sender);
-    }
+    open_with_one_request(&clients, CONNECTIONS, &mut senders).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_connection = (resident_kib_of(pid).saturating_sub(before)) as f64 / CONNECTIONS as f64;
     println!("resident memory per idle keep-alive connection after a request: {per_connection:.1} KiB");
