@@ -4,10 +4,12 @@
 # Findings about the certificate itself (conf/ uses a self-signed development certificate, with no
 # CRL/OCSP) concern the operator's certificate, not gatehouse, and are listed but not counted.
 #
-# testssl drives hundreds of `openssl s_client` connections; when one of them fails to connect it
-# records a WARN "check failed because of connect problem" instead of a result. That is a check
-# that did not run, not a finding, so the whole scan is repeated once; a second connect problem
-# fails like any finding. Either way, gatehouse's handshake log and testssl's own words are printed.
+# testssl drives hundreds of `openssl s_client` connections; when one of them fails it records a
+# WARN "check failed because of connect problem" instead of a result. The known case is a race in
+# testssl's session-resumption check: under TLS 1.3 the ticket arrives after the handshake, and an
+# `s_client </dev/null` that quits before reading it saves no session, so the resuming s_client
+# cannot start. That is a check that did not run, not a finding, so the whole scan is repeated once;
+# a second connect problem fails like any finding. Either way, gatehouse's handshake log and testssl's own words are printed.
 # Bounded: each testssl run gets at most 5 minutes, and there are at most two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
