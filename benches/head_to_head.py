@@ -19,6 +19,8 @@ with min-max, and the gatehouse/nginx and gatehouse/HAProxy ratios.
 Run (needs nginx, haproxy, wrk, h2load from Debian's nginx, haproxy, wrk and nghttp2-client):
     python3 benches/head_to_head.py            # about 10 minutes
     python3 benches/head_to_head.py --quick    # 1 run of 3 s each, to check the harness
+    python3 benches/head_to_head.py --only gatehouse --baseline /tmp/gatehouse-before --scenarios a,c
+        # a change against an earlier build of gatehouse, in alternating runs
 """
 
 import argparse
@@ -150,10 +152,12 @@ class Proxy:
 class Gatehouse(Proxy):
     name = "gatehouse"
 
-    def __init__(self, work, environments=1):
+    def __init__(self, work, environments=1, binary=None, name="gatehouse"):
         super().__init__(work)
+        self.name = name
+        self.binary = binary or f"{ROOT}/target/release/gatehouse"
         self.environments = environments
-        self.dir = f"{work}/gatehouse-{environments}"
+        self.dir = f"{work}/{name}-{environments}"
         os.makedirs(f"{self.dir}/env", exist_ok=True)
         main = f"""environments = "env/*.toml"
 [listen]
@@ -209,13 +213,13 @@ X-Content-Type-Options = "nosniff"
         self.rsa_process = None
 
     def command(self):
-        return [f"{ROOT}/target/release/gatehouse", "run", "--worker-threads", "1", "--config", f"{self.dir}/gatehouse.toml"]
+        return [self.binary, "run", "--worker-threads", "1", "--config", f"{self.dir}/gatehouse.toml"]
 
     def start(self):
         self.rsa_process = subprocess.Popen(
-            ["taskset", "-c", PROXY_CORE, f"{ROOT}/target/release/gatehouse", "run", "--worker-threads", "1", "--config",
+            ["taskset", "-c", PROXY_CORE, self.binary, "run", "--worker-threads", "1", "--config",
              f"{self.dir}/rsa/gatehouse.toml"], cwd=self.dir, stdout=subprocess.DEVNULL,
-            stderr=open(f"{self.work}/gatehouse-rsa-stderr.log", "a"))
+            stderr=open(f"{self.work}/{self.name}-rsa-stderr.log", "a"))
         super().start()
 
     def stop(self):
@@ -430,6 +434,8 @@ def main():
     parser.add_argument("--connections", type=int, default=2000, help="connections for scenarios d and e")
     parser.add_argument("--only", default="", help="comma-separated proxies to run (default: all)")
     parser.add_argument("--scenarios", default="a,b,c,d-ecdsa,d-rsa,e,f", help="comma-separated scenarios (default: all)")
+    parser.add_argument("--baseline", default="", help="another gatehouse binary, run as the proxy 'baseline' "
+                        "alternating with the others (to measure a change against an earlier build)")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.duration = 1, 3
@@ -448,6 +454,8 @@ def main():
     proxies = [Gatehouse(work), Nginx(work), Haproxy(work)]
     if args.only:
         proxies = [p for p in proxies if p.name in args.only.split(",")]
+    if args.baseline:
+        proxies.insert(1, Gatehouse(work, binary=os.path.abspath(args.baseline), name="baseline"))
     scenarios = {
         "a": lambda port: wrk(port, "/small", args.duration),
         "b": lambda port: wrk(port, "/16k", args.duration),
@@ -520,13 +528,15 @@ def fmt(summary, digits=0):
 
 def report(results, memory, ceiling, many, proxies, args):
     names = [p.name for p in proxies]
+    peers = [(peer, title) for peer, title in (("nginx", "nginx"), ("haproxy", "HAProxy"), ("baseline", "baseline"))
+             if peer in names or peer != "baseline"]
     print()
     print(f"## Head-to-head ({time.strftime('%Y-%m-%d')}, {args.runs} alternating runs, {args.duration} s each; median (min-max))")
     print()
     print("Requests (d: handshakes) per proxy CPU-second:")
     print()
-    print("| scenario | " + " | ".join(names) + " | gatehouse/nginx | gatehouse/HAProxy |")
-    print("| --- |" + " --- |" * (len(names) + 2))
+    print("| scenario | " + " | ".join(names) + "".join(f" | gatehouse/{title}" for _, title in peers) + " |")
+    print("| --- |" + " --- |" * (len(names) + len(peers)))
     labels = {"a": "a. h1 keep-alive, small", "b": "b. h1 keep-alive, 16 KiB", "c": "c. h2, 16 conn x 10 streams",
               "d-ecdsa": "d. full handshakes, ECDSA P-256", "d-rsa": "d. full handshakes, RSA 2048"}
     for name, label in labels.items():
@@ -534,12 +544,12 @@ def report(results, memory, ceiling, many, proxies, args):
             continue
         row = {n: summarize([r["per_cpu_s"] for r in results[name][n]]) for n in names}
         ratios = []
-        for peer in ("nginx", "haproxy"):
+        for peer, _ in peers:
             if "gatehouse" in row and peer in row:
                 ratios.append(f"{row['gatehouse'][0] / row[peer][0]:.2f}")
             else:
                 ratios.append("-")
-        print(f"| {label} | " + " | ".join(fmt(row[n]) for n in names) + f" | {ratios[0]} | {ratios[1]} |")
+        print(f"| {label} | " + " | ".join(fmt(row[n]) for n in names) + "".join(f" | {r}" for r in ratios) + " |")
     print()
     print("Throughput and latency (requests per second; a: p99 in ms):")
     print()

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
@@ -157,27 +157,146 @@ async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
     }
 }
 
-/// RFC 3339 time with milliseconds, UTC.
-pub fn rfc3339_now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// The time texts of one second. Formatting a date costs about as much as the rest of an access
+/// log line, and a busy proxy writes thousands of lines a second, so each thread keeps the text of
+/// the current second and formats a new one only when the second changes (as nginx caches its
+/// time strings).
+struct SecondText {
+    second: u64,
+    /// `10/Oct/2000:13:55:36 +0000`
+    common: String,
+    /// `2000-10-10T13:55:36`, the RFC 3339 text up to the fraction.
+    rfc3339: String,
 }
 
-/// The common log format's time: `10/Oct/2000:13:55:36 +0000`.
-pub fn common_log_time() -> String {
+impl SecondText {
+    const fn empty() -> Self {
+        Self {
+            second: u64::MAX,
+            common: String::new(),
+            rfc3339: String::new(),
+        }
+    }
+
+    fn at(&mut self, second: u64) -> &Self {
+        if self.second != second {
+            self.common = common_time_of(second);
+            self.rfc3339 = rfc3339_seconds_of(second);
+            self.second = second;
+        }
+        self
+    }
+}
+
+thread_local! {
+    static NOW_TEXT: std::cell::RefCell<SecondText> = const { std::cell::RefCell::new(SecondText::empty()) };
+}
+
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Run `use_text` with the texts of `second` from this thread's cache.
+fn with_second_text<R>(second: u64, use_text: impl FnOnce(&SecondText) -> R) -> R {
+    NOW_TEXT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut cached) => use_text(cached.at(second)),
+        // Not reachable (nothing here calls back into it), but never a panic on the request path.
+        Err(_) => use_text(SecondText::empty().at(second)),
+    })
+}
+
+/// RFC 3339 time with milliseconds, UTC: `2000-10-10T13:55:36.123Z`.
+pub fn rfc3339_now() -> String {
+    let now = since_epoch();
+    with_second_text(now.as_secs(), |text| {
+        rfc3339_with_millis(&text.rfc3339, now.subsec_millis())
+    })
+}
+
+fn rfc3339_with_millis(seconds: &str, millis: u32) -> String {
+    let mut text = String::with_capacity(seconds.len() + 5);
+    text.push_str(seconds);
+    text.push('.');
+    for digit in [millis / 100 % 10, millis / 10 % 10, millis % 10] {
+        text.push(char::from_digit(digit, 10).unwrap_or('0'));
+    }
+    text.push('Z');
+    text
+}
+
+/// Append the common log format's time, `10/Oct/2000:13:55:36 +0000`, to `line`.
+pub fn push_common_log_time(line: &mut String) {
+    with_second_text(since_epoch().as_secs(), |text| line.push_str(&text.common));
+}
+
+fn common_time_of(second: u64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let now = time::OffsetDateTime::now_utc();
+    let time = i64::try_from(second)
+        .ok()
+        .and_then(|second| time::OffsetDateTime::from_unix_timestamp(second).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let month = MONTHS
-        .get(usize::from(u8::from(now.month())) - 1)
+        .get(usize::from(u8::from(time.month())) - 1)
         .copied()
         .unwrap_or("Jan");
     format!(
         "{:02}/{month}/{}:{:02}:{:02}:{:02} +0000",
-        now.day(),
-        now.year(),
-        now.hour(),
-        now.minute(),
-        now.second()
+        time.day(),
+        time.year(),
+        time.hour(),
+        time.minute(),
+        time.second()
     )
+}
+
+fn rfc3339_seconds_of(second: u64) -> String {
+    // humantime writes `2000-10-10T13:55:36Z` for a whole second; the fraction goes before the `Z`.
+    let mut text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(second)).to_string();
+    text.pop();
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_texts_match_a_direct_formatting_and_change_with_the_second() {
+        // 2000-10-10T13:55:36Z, the common log format's own example.
+        let second = 971_186_136;
+        let mut cache = SecondText::empty();
+        assert_eq!(cache.at(second).common, "10/Oct/2000:13:55:36 +0000");
+        assert_eq!(cache.at(second).rfc3339, "2000-10-10T13:55:36");
+        assert_eq!(
+            rfc3339_with_millis(&cache.at(second).rfc3339, 7),
+            "2000-10-10T13:55:36.007Z"
+        );
+        assert_eq!(
+            rfc3339_with_millis(&cache.at(second).rfc3339, 123),
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(second * 1000 + 123)).to_string()
+        );
+        assert_eq!(cache.at(second + 1).common, "10/Oct/2000:13:55:37 +0000");
+        assert_eq!(cache.at(second + 86_400 * 30).rfc3339, "2000-11-09T13:55:36");
+    }
+
+    #[test]
+    fn the_current_time_texts_are_todays() {
+        let before = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let now = rfc3339_now();
+        let after = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        // The same second as one of the direct readings around it (a second may tick between).
+        assert!(
+            now.starts_with(&before[..19]) || now.starts_with(&after[..19]),
+            "{now} vs {before}/{after}"
+        );
+        assert_eq!(now.len(), "2000-10-10T13:55:36.123Z".len());
+        let mut line = String::new();
+        push_common_log_time(&mut line);
+        assert!(
+            line.ends_with(" +0000") && line.len() == "10/Oct/2000:13:55:36 +0000".len(),
+            "{line}"
+        );
+    }
 }

@@ -71,13 +71,31 @@ const GATEHOUSE_SETS: [HeaderName; 8] = [
     SSL_CIPHER,
 ];
 
-/// Send `request` to an instance of `environment` and stream the answer back.
-pub async fn forward(
+/// A routed request, rewritten for the app and ready to send.
+///
+/// Preparing is synchronous and sending is the only wait, so that the request's future (moved
+/// into its box, and into each level's state, once per request) holds only what lives across
+/// that wait: the outgoing request, not the client's request beside its parts.
+pub struct Prepared {
+    outgoing: Outgoing,
+    policy: Policy,
+    /// For a WebSocket (or other) upgrade: where the client's connection will be handed.
+    downstream_upgrade: Option<tokio::sync::oneshot::Receiver<upgrade::UpgradedClient>>,
+    total_deadline: Option<tokio::time::Instant>,
+    /// Set when a body of unknown length outgrew the environment's limit while it streamed.
+    exceeded: Option<Arc<AtomicBool>>,
+}
+
+/// Rewrite `request` for the app: its answer when it cannot go (400, 413).
+#[expect(
+    clippy::result_large_err,
+    reason = "the request on its way out is as large as the answer that replaces it; boxing either adds an allocation"
+)]
+pub fn prepare(
     context: &RequestContext<'_>,
     host: HeaderValue,
     request: Request<Incoming>,
-    details: &mut Details,
-) -> Response<ResponseBody> {
+) -> Result<Prepared, Response<ResponseBody>> {
     let RequestContext {
         connection,
         environment,
@@ -86,7 +104,6 @@ pub async fn forward(
         ..
     } = *context;
     let upgrade_protocol = upgrade::requested_protocol(&request);
-    let downstream_upgrade = upgrade_protocol.as_ref().map(|_| connection.upgrade.expect());
     // Upgraded connections live as long as their users want; every other exchange has its limit.
     let total_deadline = environment
         .total_timeout
@@ -95,7 +112,7 @@ pub async fn forward(
 
     let (mut parts, body) = request.into_parts();
     let Ok(uri) = origin_form(&parts.uri) else {
-        return page(StatusCode::BAD_REQUEST);
+        return Err(page(StatusCode::BAD_REQUEST));
     };
     let from_http2 = parts.version == Version::HTTP_2;
     rewrite_request_headers(&mut parts.headers, from_http2);
@@ -114,7 +131,7 @@ pub async fn forward(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return page(StatusCode::PAYLOAD_TOO_LARGE);
+        return Err(page(StatusCode::PAYLOAD_TOO_LARGE));
     }
     // Only a body of unknown length can grow past the limit while it streams.
     let exceeded =
@@ -124,15 +141,31 @@ pub async fn forward(
         limit,
         exceeded: exceeded.clone(),
     };
-    let outgoing = Outgoing {
-        request: Request::from_parts(parts, Either::Left(CountedBody::new(body, received))),
-        host,
-        upgrade,
-    };
-    let policy = Policy {
-        retries: environment.retries,
-        response_timeout: environment.response_timeout,
-    };
+    Ok(Prepared {
+        outgoing: Outgoing {
+            request: Request::from_parts(parts, Either::Left(CountedBody::new(body, received))),
+            host,
+            upgrade,
+        },
+        policy: Policy {
+            retries: environment.retries,
+            response_timeout: environment.response_timeout,
+        },
+        downstream_upgrade: upgrade.then(|| connection.upgrade.expect()),
+        total_deadline,
+        exceeded,
+    })
+}
+
+/// Send a prepared request to an instance of `environment` and stream the answer back.
+pub async fn forward(environment: &Environment, prepared: Prepared, details: &mut Details) -> Response<ResponseBody> {
+    let Prepared {
+        outgoing,
+        policy,
+        downstream_upgrade,
+        total_deadline,
+        exceeded,
+    } = prepared;
     let sending = exchange::send(&environment.upstream, outgoing, policy);
     let outcome = match total_deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, sending).await.unwrap_or_else(|_| {
@@ -217,11 +250,8 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
         .get_all(header::TE)
         .iter()
         .any(|value| has_token(value, "trailers"));
-    remove_hop_by_hop(headers);
-    for name in &GATEHOUSE_SETS {
-        headers.remove(name);
-    }
-    remove_ssl_client_headers(headers);
+    remove_connection_named(headers);
+    remove_fields(headers, &[&HOP_BY_HOP, &GATEHOUSE_SETS], true);
     if client_accepts_trailers {
         // gatehouse passes trailers through, so the client's willingness holds end to end.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -264,21 +294,28 @@ fn set_forwarding_headers(
     }
 }
 
-/// Remove every `SSL-Client-*` header, whatever its suffix: the app must be able to trust any
-/// header of that family to come from gatehouse.
-fn remove_ssl_client_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(SSL_CLIENT_PREFIX))
-        .cloned()
-        .collect();
-    for name in spoofed {
+/// Remove every field named in one of `sets`, and with `ssl_client_family` every `SSL-Client-*`
+/// field whatever its suffix (the app must be able to trust any header of that family to come
+/// from gatehouse).
+///
+/// One pass over the fields the message carries (a handful, and usually none to remove) with a
+/// comparison per name costs a fraction of a hashed lookup per name: this runs on every request
+/// and response.
+fn remove_fields(headers: &mut HeaderMap, sets: &[&[HeaderName]], ssl_client_family: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let named = sets.iter().any(|set| set.contains(name));
+        if named || (ssl_client_family && name.as_str().starts_with(SSL_CLIENT_PREFIX)) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
         headers.remove(name);
     }
 }
 
-/// Remove hop-by-hop headers, including every header that `Connection` names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Remove the fields the `Connection` header names (other than `Host`): they are hop-by-hop too.
+fn remove_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -287,9 +324,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
         .filter(|name| *name != header::HOST)
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named {
         headers.remove(name);
     }
+}
+
+/// Remove hop-by-hop headers, including every header that `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_connection_named(headers);
+    remove_fields(headers, &[&HOP_BY_HOP], false);
 }
 
 /// HTTP/2 lets clients send each cookie as its own header field; HTTP/1.1 apps expect one

@@ -147,16 +147,25 @@ pub async fn handle(
     let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
     let host = request_host(&request).ok();
     let mut details = Details::default();
-    let mut response = respond(
+    let mut response = match admit(
         shared,
         connection,
         &snapshot,
         host.clone(),
-        request_id.clone(),
+        &request_id,
         request,
         &mut details,
-    )
-    .await;
+    ) {
+        Ok((environment, prepared)) => forward::forward(environment, prepared, &mut details).await,
+        Err(answer) => answer,
+    };
+    // The environment's header policy covers its every answer, gatehouse's own pages included;
+    // without an environment (400, 404, 421) the platform's own headers apply.
+    let environment = details.environment.and_then(|index| snapshot.environments.get(index));
+    match environment {
+        Some(environment) => environment.headers.apply(response.headers_mut()),
+        None => snapshot.unrouted_headers.apply(response.headers_mut()),
+    }
 
     if last_on_connection {
         if version != http::Version::HTTP_2 {
@@ -166,18 +175,13 @@ pub async fn handle(
         }
         connection.retire.notify_one();
     }
-    let environment = details.environment.and_then(|index| snapshot.environments.get(index));
-    if environment.is_none() {
-        // No environment took the request (400, 404, 421): the platform's own headers apply.
-        snapshot.unrouted_headers.apply(response.headers_mut());
-    }
     let metrics = environment.map_or_else(|| snapshot.unrouted_metrics.clone(), |env| env.metrics.clone());
     let status = response.status();
     let log = logged_uri.map(|uri| {
         let entry = AccessEntry {
             request_id,
             environment: environment.map(|env| env.name.clone()),
-            client: details.client.unwrap_or_else(|| connection.client.ip().to_canonical()),
+            client: client_text(details.client, connection),
             method: method.clone(),
             host,
             uri,
@@ -201,26 +205,33 @@ pub async fn handle(
     response.map(|body| ObservedBody::new(body, exchange))
 }
 
-/// The request's phases: route (400, 404), TLS policy (421), access (400, 403), forward.
-async fn respond(
+/// The request's phases up to forwarding: route (400, 404), TLS policy (421), rate limit (429),
+/// access (400, 403), rewrite for the app (400, 413); `Err` is gatehouse's own answer. Nothing
+/// here waits: the caller awaits only the exchange with the app, so the request's future holds
+/// none of this function's state.
+#[expect(
+    clippy::result_large_err,
+    reason = "the request on its way out is as large as the answer that replaces it; boxing either adds an allocation"
+)]
+fn admit<'a>(
     shared: &Shared,
     connection: &ConnectionInfo,
-    snapshot: &Snapshot,
+    snapshot: &'a Snapshot,
     host: Option<HeaderValue>,
-    request_id: HeaderValue,
+    request_id: &HeaderValue,
     request: Request<Incoming>,
     details: &mut Details,
-) -> Response<ResponseBody> {
+) -> Result<(&'a Environment, forward::Prepared), Response<ResponseBody>> {
     let uri_bytes = request.uri().path_and_query().map_or(0, |path| path.as_str().len());
     if uri_bytes > snapshot.settings.max_uri_bytes {
-        return page(StatusCode::URI_TOO_LONG);
+        return Err(page(StatusCode::URI_TOO_LONG));
     }
     let Some(host) = host else {
-        return page(StatusCode::BAD_REQUEST);
+        return Err(page(StatusCode::BAD_REQUEST));
     };
     let route = match snapshot.route(host.as_bytes()) {
-        Err(MalformedHost) => return page(StatusCode::BAD_REQUEST),
-        Ok(None) => return page(StatusCode::NOT_FOUND),
+        Err(MalformedHost) => return Err(page(StatusCode::BAD_REQUEST)),
+        Ok(None) => return Err(page(StatusCode::NOT_FOUND)),
         Ok(Some(route)) => route,
     };
     // A connection may only carry hosts served under the TLS terms it was opened with; HTTP/2
@@ -230,10 +241,10 @@ async fn respond(
         .get(route.policy)
         .is_some_and(|policy| policy.key == connection.policy);
     if !same_policy {
-        return page(StatusCode::MISDIRECTED_REQUEST);
+        return Err(page(StatusCode::MISDIRECTED_REQUEST));
     }
     let Some(environment) = snapshot.environments.get(route.environment) else {
-        return page(StatusCode::NOT_FOUND);
+        return Err(page(StatusCode::NOT_FOUND));
     };
     details.environment = Some(route.environment);
     let client = client_address::resolve(
@@ -250,23 +261,30 @@ async fn respond(
         refusal
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        environment.headers.apply(refusal.headers_mut());
-        return refusal;
+        return Err(refusal);
     }
     let context = RequestContext {
         shared,
         connection,
         environment,
         client: &client,
-        request_id: &request_id,
+        request_id,
     };
-    let mut response = match check_access(&context, snapshot, &host, &request, details) {
-        Some(refusal) => refusal,
-        None => forward::forward(&context, host, request, details).await,
-    };
-    // The environment's header policy covers its every answer, gatehouse's own pages included.
-    environment.headers.apply(response.headers_mut());
-    response
+    if let Some(refusal) = check_access(&context, snapshot, &host, &request, details) {
+        return Err(refusal);
+    }
+    Ok((environment, forward::prepare(&context, host, request)?))
+}
+
+/// The client address as text for the access log: the connection's own text, unless a trusted
+/// forwarder named another client.
+fn client_text(resolved: Option<IpAddr>, connection: &ConnectionInfo) -> HeaderValue {
+    match resolved {
+        Some(ip) if ip != connection.client.ip().to_canonical() => {
+            HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("-"))
+        }
+        _ => connection.client_ip.clone(),
+    }
 }
 
 /// What the later phases of a routed request share.

@@ -230,7 +230,9 @@ async fn checkout_or_connect(
         http1_only: upgrade,
         gauge: group.connections.get(),
     };
-    let sender = connect(instance, &settings).await?;
+    // Boxed: connecting is the rare path, and inline its state would make every request's
+    // future (moved into its box per request) larger by its size.
+    let sender = Box::pin(connect(instance, &settings)).await?;
     if let Sender::Http2(shared) = &sender {
         instance.pool.share_http2(shared.clone());
     }
