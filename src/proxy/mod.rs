@@ -1,9 +1,12 @@
 //! The request path, as a sequence of small phases:
 //!
 //! 1. [`handle`] reads the current snapshot and finds the request's host;
-//! 2. routing picks the environment (404), checked against the connection's TLS policy (421);
-//! 3. [`forward`] rewrites the request for the app, picks an instance and streams both ways;
-//! 4. failures become gatehouse's own pages ([`crate::pages`]).
+//! 2. admission, without waiting: routing picks the environment (404), checked against the
+//!    connection's TLS policy (421), then rate limit, access rules, and [`forward::prepare`]
+//!    rewrites the request for the app;
+//! 3. [`forward::forward`] picks an instance and streams both ways (the one wait);
+//! 4. the environment's response headers apply to every answer, and failures become
+//!    gatehouse's own pages ([`crate::pages`]).
 
 pub mod client_address;
 pub mod forward;
