@@ -497,6 +497,8 @@ def main():
         for proxy in proxies:
             proxy.stop()
         backend.terminate()
+        # The proxies' access logs reach a gigabyte in a full run.
+        shutil.rmtree(work, ignore_errors=True)
     report(results, memory, ceiling, many, proxies, args)
 
 
