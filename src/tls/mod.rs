@@ -8,5 +8,6 @@
 pub mod client_auth;
 pub mod client_certificate;
 pub mod development;
+pub mod key_schedule;
 pub mod material;
 pub mod policy;

@@ -20,7 +20,11 @@ use prometheus::IntCounter;
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .get_or_init(|| {
+            Arc::new(super::key_schedule::with_prepared_hmac_keys(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+        })
         .clone()
 }
 
