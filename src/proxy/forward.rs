@@ -151,7 +151,7 @@ pub fn prepare(
             retries: environment.retries,
             response_timeout: environment.response_timeout,
         },
-        downstream_upgrade: upgrade.then(|| connection.upgrade.expect()),
+        downstream_upgrade: upgrade.then(|| connection.upgrade.wait_for_client()),
         total_deadline,
         exceeded,
     })

@@ -54,7 +54,7 @@ pub struct UpgradeHandover(Mutex<Option<oneshot::Sender<UpgradedClient>>>);
 
 impl UpgradeHandover {
     /// For a request that asks to upgrade: the client's connection, once the 101 is sent.
-    pub fn expect(&self) -> oneshot::Receiver<UpgradedClient> {
+    pub fn wait_for_client(&self) -> oneshot::Receiver<UpgradedClient> {
         let (sender, receiver) = oneshot::channel();
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
         receiver
