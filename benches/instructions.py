@@ -12,6 +12,7 @@ Run (needs valgrind and h2load: Debian's valgrind and nghttp2-client):
     python3 benches/instructions.py                                   # scenarios a and c, ~2 minutes
     python3 benches/instructions.py --baseline /tmp/gatehouse-before  # and an earlier build beside it
     python3 benches/instructions.py --top 30                          # and the costliest functions
+    python3 benches/instructions.py --scenarios d --requests 500      # full TLS handshakes (ECDSA)
 """
 
 import argparse
@@ -28,6 +29,7 @@ import head_to_head as h2h  # noqa: E402  (the same certificates, configuration 
 LOADS = {
     "a": ["--h1", "-c64", "-m1"],  # HTTP/1.1 keep-alive, small response
     "c": ["-c16", "-m10"],  # HTTP/2, 16 connections x 10 streams
+    "d": ["--h1", "-m1"],  # a fresh connection (full ECDSA handshake) per request: -c is the request count
 }
 
 
@@ -42,7 +44,8 @@ def counted_run(work, binary, scenario, requests):
         h2h.wait_port(h2h.ECDSA_PORT, timeout=120)
         url = f"https://{h2h.HOST}:{h2h.ECDSA_PORT}/small"
         for count in (2000, requests):  # the first run warms the pool and the caches
-            result = h2h.run(["h2load", *LOADS[scenario], "-n", str(count), f"--connect-to=127.0.0.1:{h2h.ECDSA_PORT}", url],
+            connections = ["-c", str(count)] if scenario == "d" else []
+            result = h2h.run(["h2load", *LOADS[scenario], *connections, "-n", str(count), f"--connect-to=127.0.0.1:{h2h.ECDSA_PORT}", url],
                              timeout=600)
             if f"{count} succeeded" not in result.stdout or f"{count} 2xx" not in result.stdout:
                 sys.exit(f"not every request succeeded:\n{result.stdout}")

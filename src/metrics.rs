@@ -88,6 +88,14 @@ struct Families {
     health_checks: IntCounterVec,
 }
 
+/// Upstream connections: how many are open now, and how many were ever opened (openings that
+/// grow with the request rate mean the keep-alive pool is too small for the bursts).
+#[derive(Debug, Clone)]
+pub struct UpstreamConnections {
+    pub open: IntGauge,
+    pub opened: IntCounter,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -103,7 +111,7 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     certificate_expiry: GaugeVec,
     log_lines_dropped: IntCounter,
-    upstream_connections: IntGauge,
+    upstream_connections: UpstreamConnections,
     instance_healthy: IntGaugeVec,
     /// `gatehouse_connections_refused_total` for the total and the per-client limit.
     connections_refused: [IntCounter; 2],
@@ -263,6 +271,11 @@ impl Metrics {
             "Open connections to app instances, idle in the keep-alive pool or in use.",
         )?;
         registry.register(Box::new(upstream_connections.clone()))?;
+        let upstream_connections_opened = IntCounter::new(
+            "gatehouse_upstream_connections_opened_total",
+            "Connections opened to app instances (a request that found no idle keep-alive connection).",
+        )?;
+        registry.register(Box::new(upstream_connections_opened.clone()))?;
         let refused = counter_vec(
             &registry,
             "gatehouse_connections_refused_total",
@@ -293,7 +306,10 @@ impl Metrics {
             config_info,
             certificate_expiry,
             log_lines_dropped,
-            upstream_connections,
+            upstream_connections: UpstreamConnections {
+                open: upstream_connections,
+                opened: upstream_connections_opened,
+            },
             instance_healthy,
             connections_refused: [
                 refused.get_metric_with_label_values(&["max_connections"])?,
@@ -392,8 +408,8 @@ impl Metrics {
         }
     }
 
-    /// The gauge the upstream pool keeps current.
-    pub fn upstream_connections(&self) -> IntGauge {
+    /// The upstream connection metrics the pool keeps current.
+    pub fn upstream_connections(&self) -> UpstreamConnections {
         self.upstream_connections.clone()
     }
 

@@ -418,12 +418,19 @@ async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
         Some(&1.0),
         "one pooled connection carried them all:\n{text}"
     );
+    let opened = "gatehouse_upstream_connections_opened_total";
+    assert_eq!(parsed.get(opened), Some(&1.0), "{text}");
     let (text, parsed) = scrape_until(&running, |s| s.get(gauge) == Some(&0.0)).await;
     assert_eq!(
         parsed.get(gauge),
         Some(&0.0),
         "the idle connection was never closed:\n{text}"
     );
+    // The next request needs a new connection: the second one ever opened.
+    assert_eq!(running.get(HOST, "/").await.status, StatusCode::OK);
+    let opened = "gatehouse_upstream_connections_opened_total";
+    let (text, parsed) = scrape_until(&running, |s| s.get(opened) == Some(&2.0)).await;
+    assert_eq!(parsed.get(opened), Some(&2.0), "{text}");
 }
 
 #[tokio::test]
@@ -436,4 +443,6 @@ async fn a_pool_of_zero_idle_connections_closes_each_after_its_request() {
     let gauge = "gatehouse_upstream_connections";
     let (text, parsed) = scrape_until(&running, |s| s.get(gauge) == Some(&0.0)).await;
     assert_eq!(parsed.get(gauge), Some(&0.0), "{text}");
+    let opened = "gatehouse_upstream_connections_opened_total";
+    assert_eq!(parsed.get(opened), Some(&3.0), "one connection per request:\n{text}");
 }

@@ -2,7 +2,8 @@
 //! the environment asks for it (certificate verified against its CA, client certificate if
 //! configured), then HTTP/2 when the instance chose `h2` over ALPN, else HTTP/1.1.
 //!
-//! Every open upstream connection is counted in `gatehouse_upstream_connections` until it closes.
+//! Every open upstream connection is counted in `gatehouse_upstream_connections` until it closes,
+//! and once in `gatehouse_upstream_connections_opened_total`.
 
 use std::io;
 use std::pin::Pin;
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::metrics::UpstreamConnections;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -55,7 +56,7 @@ pub struct ConnectSettings<'a> {
     pub tls: Option<&'a UpstreamTls>,
     /// Upgrades (WebSocket) need HTTP/1.1 whatever the instance prefers.
     pub http1_only: bool,
-    pub gauge: Option<&'a IntGauge>,
+    pub counters: Option<&'a UpstreamConnections>,
 }
 
 /// Open a new connection to `instance` and start its connection task.
@@ -90,7 +91,7 @@ pub async fn connect(instance: &Instance, settings: &ConnectSettings<'_>) -> Res
     let (stream, http2) = tokio::time::timeout(timeout, opening)
         .await
         .map_err(|_| ConnectError::Timeout { addr, timeout })??;
-    let io = TokioIo::new(CountedStream::new(stream, settings.gauge.cloned()));
+    let io = TokioIo::new(CountedStream::new(stream, settings.counters.cloned()));
     if http2 {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -125,22 +126,23 @@ enum Stream {
 /// An upstream connection that is counted while it lives.
 struct CountedStream {
     stream: Stream,
-    gauge: Option<IntGauge>,
+    counters: Option<UpstreamConnections>,
 }
 
 impl CountedStream {
-    fn new(stream: Stream, gauge: Option<IntGauge>) -> Self {
-        if let Some(gauge) = &gauge {
-            gauge.inc();
+    fn new(stream: Stream, counters: Option<UpstreamConnections>) -> Self {
+        if let Some(counters) = &counters {
+            counters.open.inc();
+            counters.opened.inc();
         }
-        Self { stream, gauge }
+        Self { stream, counters }
     }
 }
 
 impl Drop for CountedStream {
     fn drop(&mut self) {
-        if let Some(gauge) = &self.gauge {
-            gauge.dec();
+        if let Some(counters) = &self.counters {
+            counters.open.dec();
         }
     }
 }

@@ -79,7 +79,7 @@ async fn check_once(group: &UpstreamGroup, instance: &Instance, check: &HealthCh
         timeout: check.timeout,
         tls: group.spec.tls.as_ref(),
         http1_only: false,
-        gauge: group.connections.get(),
+        counters: group.connections.get(),
     };
     let exchange = async {
         let sender = connect(instance, &settings).await.map_err(|err| err.to_string())?;

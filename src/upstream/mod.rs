@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::metrics::UpstreamConnections;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use prometheus::IntGauge;
 use rustls::pki_types::ServerName;
 
 pub use body::{BodyTimedOut, Deadlines, UpstreamBody};
@@ -51,7 +51,7 @@ pub struct UpstreamGroup {
     next: AtomicUsize,
     epoch: Instant,
     metrics: OnceLock<Arc<EnvironmentMetrics>>,
-    connections: OnceLock<IntGauge>,
+    connections: OnceLock<UpstreamConnections>,
 }
 
 impl UpstreamGroup {
