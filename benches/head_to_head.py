@@ -109,6 +109,23 @@ def make_certificates(work):
             out.write(open(f"{work}/{kind}.pem").read() + open(f"{work}/{kind}.key").read())
 
 
+def prepare(prefix):
+    """Build gatehouse and the backend, make a work directory with the certificates, and start
+    the backend on the load core: (work directory, backend process)."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "gatehouse", "--example", "bench_backend"],
+                   cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix=prefix)
+    make_certificates(work)
+    backend = subprocess.Popen(["taskset", "-c", LOAD_CORE, f"{ROOT}/target/release/examples/bench_backend",
+                                f"127.0.0.1:{BACKEND_PORT}"], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(BACKEND_PORT)
+    except RuntimeError:
+        backend.terminate()
+        raise
+    return work, backend
+
+
 # ---------------------------------------------------------------- proxies under test
 
 
@@ -443,14 +460,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install nginx haproxy wrk nghttp2-client util-linux openssl")
     print("building gatehouse and the backend (release)...", flush=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "gatehouse", "--example", "bench_backend"],
-                   cwd=ROOT, check=True)
-
-    work = tempfile.mkdtemp(prefix="gatehouse-h2h-")
-    make_certificates(work)
-    backend = subprocess.Popen(["taskset", "-c", LOAD_CORE, f"{ROOT}/target/release/examples/bench_backend",
-                                f"127.0.0.1:{BACKEND_PORT}"], stdout=subprocess.DEVNULL)
-    wait_port(BACKEND_PORT)
+    work, backend = prepare("gatehouse-h2h-")
     proxies = [Gatehouse(work), Nginx(work), Haproxy(work)]
     if args.only:
         proxies = [p for p in proxies if p.name in args.only.split(",")]

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import head_to_head as h2h  # noqa: E402  (the same certificates, configuration and backend)
@@ -85,18 +84,12 @@ def main():
     for tool in ("valgrind", "callgrind_annotate", "h2load", "taskset", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install valgrind nghttp2-client util-linux openssl")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "gatehouse", "--example", "bench_backend"],
-                   cwd=h2h.ROOT, check=True)
     binaries = {"gatehouse": f"{h2h.ROOT}/target/release/gatehouse"}
     if args.baseline:
         binaries["baseline"] = os.path.abspath(args.baseline)
-    work = tempfile.mkdtemp(prefix="gatehouse-instructions-")
-    h2h.make_certificates(work)
-    backend = subprocess.Popen(["taskset", "-c", h2h.LOAD_CORE, f"{h2h.ROOT}/target/release/examples/bench_backend",
-                                f"127.0.0.1:{h2h.BACKEND_PORT}"], stdout=subprocess.DEVNULL)
+    work, backend = h2h.prepare("gatehouse-instructions-")
     results = {}
     try:
-        h2h.wait_port(h2h.BACKEND_PORT)
         for scenario in args.scenarios.split(","):
             for name, binary in binaries.items():
                 print(f"{name} {scenario}:", flush=True)

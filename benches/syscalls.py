@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -83,15 +82,9 @@ def main():
     for tool in ("strace", "h2load", "nginx", "haproxy", "taskset", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install strace nghttp2-client nginx haproxy util-linux openssl")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "gatehouse", "--example", "bench_backend"],
-                   cwd=h2h.ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="gatehouse-syscalls-")
-    h2h.make_certificates(work)
-    backend = subprocess.Popen(["taskset", "-c", h2h.LOAD_CORE, f"{h2h.ROOT}/target/release/examples/bench_backend",
-                                f"127.0.0.1:{h2h.BACKEND_PORT}"], stdout=subprocess.DEVNULL)
+    work, backend = h2h.prepare("gatehouse-syscalls-")
     totals = {}
     try:
-        h2h.wait_port(h2h.BACKEND_PORT)
         for scenario in args.scenarios.split(","):
             for name, kind in PROXIES.items():
                 proxy = kind(work)
