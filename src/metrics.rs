@@ -273,7 +273,7 @@ impl Metrics {
         registry.register(Box::new(upstream_connections.clone()))?;
         let upstream_connections_opened = IntCounter::new(
             "gatehouse_upstream_connections_opened_total",
-            "Connections opened to app instances (a request that found no idle keep-alive connection).",
+            "Connections opened to app instances: by requests that found no idle keep-alive connection, and by health checks.",
         )?;
         registry.register(Box::new(upstream_connections_opened.clone()))?;
         let refused = counter_vec(
