@@ -158,55 +158,62 @@ pub fn prepare(
 }
 
 /// Send a prepared request to an instance of `environment` and stream the answer back.
-pub async fn forward(environment: &Environment, prepared: Prepared, details: &mut Details) -> Response<ResponseBody> {
-    let Prepared {
-        outgoing,
-        policy,
-        downstream_upgrade,
-        total_deadline,
-        exceeded,
-    } = prepared;
-    let sending = exchange::send(&environment.upstream, outgoing, policy);
-    let outcome = match total_deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, sending).await.unwrap_or_else(|_| {
-            Err(Failed {
-                failure: Failure::Timeout(environment.total_timeout.unwrap_or_default()),
-                instance: None,
-                waited: Duration::ZERO,
-            })
-        }),
-        None => sending.await,
-    };
-    let answered = match outcome {
-        Ok(answered) => answered,
-        Err(failed) => {
-            details.upstream = failed.instance.map(|addr| (addr, failed.waited));
-            let too_large = exceeded.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
-            return failure_page(environment, &failed, too_large);
-        }
-    };
-    let Answered {
-        response,
-        lease,
-        waited,
-    } = answered;
-    details.upstream = Some((lease.instance().addr, waited));
-    environment.metrics.upstream_answered(waited);
-
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return match downstream_upgrade {
-            Some(downstream) => upgrade::tunnel(downstream, response),
-            // The app switched protocols without being asked: nothing sane can follow.
-            None => page(StatusCode::BAD_GATEWAY),
+///
+/// A function returning an `async move` block, not an `async fn`, so that `prepared` is held
+/// once in the request's state (see [`exchange::send`]).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
+)]
+pub fn forward<'a>(
+    environment: &'a Environment,
+    prepared: Prepared,
+    details: &'a mut Details,
+) -> impl Future<Output = Response<ResponseBody>> + Send + 'a {
+    async move {
+        let total_deadline = prepared.total_deadline;
+        let sending = exchange::send(&environment.upstream, prepared.outgoing, prepared.policy);
+        let outcome = match total_deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, sending).await.unwrap_or_else(|_| {
+                Err(Failed {
+                    failure: Failure::Timeout(environment.total_timeout.unwrap_or_default()),
+                    instance: None,
+                    waited: Duration::ZERO,
+                })
+            }),
+            None => sending.await,
         };
+        let answered = match outcome {
+            Ok(answered) => answered,
+            Err(failed) => {
+                details.upstream = failed.instance.map(|addr| (addr, failed.waited));
+                let too_large = (prepared.exceeded.as_ref()).is_some_and(|flag| flag.load(Ordering::SeqCst));
+                return failure_page(environment, &failed, too_large);
+            }
+        };
+        let Answered {
+            response,
+            lease,
+            waited,
+        } = answered;
+        details.upstream = Some((lease.instance().addr, waited));
+        environment.metrics.upstream_answered(waited);
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match prepared.downstream_upgrade {
+                Some(downstream) => upgrade::tunnel(downstream, response),
+                // The app switched protocols without being asked: nothing sane can follow.
+                None => page(StatusCode::BAD_GATEWAY),
+            };
+        }
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        let deadlines = Deadlines {
+            idle: environment.idle_timeout,
+            total: total_deadline,
+        };
+        Response::from_parts(parts, Either::Left(UpstreamBody::new(body, deadlines, lease)))
     }
-    let (mut parts, body) = response.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
-    let deadlines = Deadlines {
-        idle: environment.idle_timeout,
-        total: total_deadline,
-    };
-    Response::from_parts(parts, Either::Left(UpstreamBody::new(body, deadlines, lease)))
 }
 
 /// The answer when no instance answered: 503 (with the maintenance page) when none was

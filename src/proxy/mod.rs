@@ -132,80 +132,91 @@ impl ConnectionInfo {
 
 /// Answer one request from a TLS connection, and record it (metrics, access log) when its
 /// response body ends.
-pub async fn handle(
-    shared: &Shared,
-    connection: &ConnectionInfo,
+///
+/// The request's state machine is what hyper boxes and moves once per request, so it is an
+/// `async move` block (which holds what it captures once) rather than an `async fn` (which keeps
+/// each argument twice: as passed, and as the local it is moved into).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
+)]
+pub fn handle(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
-) -> Response<ObservedBody<ResponseBody>> {
-    let started = Instant::now();
-    let snapshot = shared.snapshot.load_full();
-    // The connection's last request: answered, then the connection finishes (HTTP/1.1 closes,
-    // HTTP/2 sends GOAWAY), so that no client holds one connection forever.
-    let served = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
-    let last_on_connection = served >= snapshot.settings.max_requests_per_connection;
-    let method = request.method().clone();
-    let version = request.version();
-    let request_id = shared.request_ids.next();
-    // Only what the access log needs is kept, and only when it is on.
-    let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
-    let host = request_host(&request).ok();
-    let mut details = Details::default();
-    let mut response = match admit(
-        shared,
-        connection,
-        &snapshot,
-        host.clone(),
-        &request_id,
-        request,
-        &mut details,
-    ) {
-        Ok((environment, prepared)) => forward::forward(environment, prepared, &mut details).await,
-        Err(answer) => answer,
-    };
-    // The environment's header policy covers its every answer, gatehouse's own pages included;
-    // without an environment (400, 404, 421) the platform's own headers apply.
-    let environment = details.environment.and_then(|index| snapshot.environments.get(index));
-    match environment {
-        Some(environment) => environment.headers.apply(response.headers_mut()),
-        None => snapshot.unrouted_headers.apply(response.headers_mut()),
-    }
-
-    if last_on_connection {
-        if version != http::Version::HTTP_2 {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        connection.retire.notify_one();
-    }
-    let metrics = environment.map_or_else(|| snapshot.unrouted_metrics.clone(), |env| env.metrics.clone());
-    let status = response.status();
-    let log = logged_uri.map(|uri| {
-        let entry = AccessEntry {
-            request_id,
-            environment: environment.map(|env| env.name.clone()),
-            client: client_text(details.client, connection),
-            method: method.clone(),
-            host,
-            uri,
-            version,
-            tls_version: connection.tls_protocol.clone(),
-            client_certificate: connection.client_certificate.as_ref().map(|c| c.subject.clone()),
-            status,
-            upstream: details.upstream,
-            decision: details.decision,
-            format: snapshot.settings.access_log_format,
+) -> impl Future<Output = Response<ObservedBody<ResponseBody>>> + Send + 'static {
+    async move {
+        let (shared, connection): (&Shared, &ConnectionInfo) = (&shared, &connection);
+        let started = Instant::now();
+        let snapshot = shared.snapshot.load_full();
+        // The connection's last request: answered, then the connection finishes (HTTP/1.1 closes,
+        // HTTP/2 sends GOAWAY), so that no client holds one connection forever.
+        let served = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let last_on_connection = served >= snapshot.settings.max_requests_per_connection;
+        let method = request.method().clone();
+        let version = request.version();
+        let request_id = shared.request_ids.next();
+        // Only what the access log needs is kept, and only when it is on.
+        let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
+        let host = request_host(&request).ok();
+        let mut details = Details::default();
+        let mut response = match admit(
+            shared,
+            connection,
+            &snapshot,
+            host.clone(),
+            &request_id,
+            request,
+            &mut details,
+        ) {
+            Ok((environment, prepared)) => forward::forward(environment, prepared, &mut details).await,
+            Err(answer) => answer,
         };
-        (Box::new(entry), shared.access_log.clone())
-    });
-    let exchange = Exchange {
-        started,
-        metrics,
-        method,
-        status,
-        log,
-    };
-    response.map(|body| ObservedBody::new(body, exchange))
+        // The environment's header policy covers its every answer, gatehouse's own pages included;
+        // without an environment (400, 404, 421) the platform's own headers apply.
+        let environment = details.environment.and_then(|index| snapshot.environments.get(index));
+        match environment {
+            Some(environment) => environment.headers.apply(response.headers_mut()),
+            None => snapshot.unrouted_headers.apply(response.headers_mut()),
+        }
+
+        if last_on_connection {
+            if version != http::Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            connection.retire.notify_one();
+        }
+        let metrics = environment.map_or_else(|| snapshot.unrouted_metrics.clone(), |env| env.metrics.clone());
+        let status = response.status();
+        let log = logged_uri.map(|uri| {
+            let entry = AccessEntry {
+                request_id,
+                environment: environment.map(|env| env.name.clone()),
+                client: client_text(details.client, connection),
+                method: method.clone(),
+                host,
+                uri,
+                version,
+                tls_version: connection.tls_protocol.clone(),
+                client_certificate: connection.client_certificate.as_ref().map(|c| c.subject.clone()),
+                status,
+                upstream: details.upstream,
+                decision: details.decision,
+                format: snapshot.settings.access_log_format,
+            };
+            (Box::new(entry), shared.access_log.clone())
+        });
+        let exchange = Exchange {
+            started,
+            metrics,
+            method,
+            status,
+            log,
+        };
+        response.map(|body| ObservedBody::new(body, exchange))
+    }
 }
 
 /// The request's phases up to forwarding: route (400, 404), TLS policy (421), rate limit (429),

@@ -75,18 +75,34 @@ type Answer = Result<http::Response<ServedBody>, Infallible>;
 impl hyper::service::Service<http::Request<Incoming>> for Service {
     type Response = http::Response<ServedBody>;
     type Error = Infallible;
-    // Boxed: the request's state machine is several KiB; inline it would stay part of every
-    // idle keep-alive connection's memory after its first request.
-    type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
+    type Future = Answering;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let open = (self.activity.as_ref()).map(|activity| activity.request_started(!request.body().is_end_stream()));
-        let shared = self.shared.clone();
-        let connection = self.connection.clone();
-        Box::pin(async move {
-            let response = proxy::handle(&shared, &connection, request).await;
-            Ok(response.map(|body| ServedBody { body, _open: open }))
-        })
+        let handling = proxy::handle(self.shared.clone(), self.connection.clone(), request);
+        Answering {
+            handling: Box::pin(handling),
+            open,
+        }
+    }
+}
+
+/// One request's answer in the making.
+pub struct Answering {
+    /// Boxed: the request's state machine is a few KiB; inline it would stay part of every idle
+    /// keep-alive connection's memory after its first request. Boxed directly, without an
+    /// `async` wrapper, so that it is moved once per request, not twice.
+    handling: Pin<Box<dyn Future<Output = http::Response<ObservedBody<ResponseBody>>> + Send>>,
+    open: Option<ResponseOpen>,
+}
+
+impl Future for Answering {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let response = std::task::ready!(self.handling.as_mut().poll(cx));
+        let open = self.open.take();
+        Poll::Ready(Ok(response.map(|body| ServedBody { body, _open: open })))
     }
 }
 

@@ -102,93 +102,102 @@ impl Replay {
 }
 
 /// Send `outgoing` to an instance of `group`, retrying where safe.
-pub async fn send(group: &UpstreamGroup, outgoing: Outgoing, policy: Policy) -> Result<Answered, Failed> {
-    let Outgoing {
-        mut request,
-        host,
-        upgrade,
-    } = outgoing;
-    // A replay can only go to another instance: with one instance there is nothing to keep.
-    let replay = (policy.retries > 0 && group.instances().len() > 1)
-        .then(|| Replay::of(&request, upgrade))
-        .flatten();
-    let mut attempts_left = policy.retries;
-    let Some(mut instance) = group.pick(None) else {
-        return Err(Failed {
-            failure: Failure::NoInstance,
-            instance: None,
-            waited: Duration::ZERO,
-        });
-    };
-    loop {
-        let lease = Lease::new(instance.clone());
-        let started = Instant::now();
-        let failed = |failure| Failed {
-            failure,
-            instance: Some(instance.addr),
-            waited: started.elapsed(),
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps each argument twice in its state (once as passed, once as the local it is moved to),
+/// and this state is moved into its parent's once per request.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
+)]
+pub fn send(
+    group: &UpstreamGroup,
+    mut outgoing: Outgoing,
+    policy: Policy,
+) -> impl Future<Output = Result<Answered, Failed>> + Send + '_ {
+    async move {
+        // A replay can only go to another instance: with one instance there is nothing to keep.
+        let replay = (policy.retries > 0 && group.instances().len() > 1)
+            .then(|| Replay::of(&outgoing.request, outgoing.upgrade))
+            .flatten();
+        let mut attempts_left = policy.retries;
+        let Some(mut instance) = group.pick(None) else {
+            return Err(Failed {
+                failure: Failure::NoInstance,
+                instance: None,
+                waited: Duration::ZERO,
+            });
         };
-        let sender = match checkout_or_connect(group, &instance, upgrade).await {
-            Ok(sender) => sender,
-            Err(err) => {
-                group.record(&instance, Outcome::Failure);
-                tracing::warn!(environment = %group.environment, instance = %instance.label, error = %err, "cannot connect to instance");
-                // Nothing was sent: any request may go to another instance.
-                match next_attempt(group, &instance, &mut attempts_left, false) {
-                    Some(next) => {
-                        instance = next;
-                        continue;
+        loop {
+            let lease = Lease::new(instance.clone());
+            let started = Instant::now();
+            let failed = |failure| Failed {
+                failure,
+                instance: Some(instance.addr),
+                waited: started.elapsed(),
+            };
+            let sender = match checkout_or_connect(group, &instance, outgoing.upgrade).await {
+                Ok(sender) => sender,
+                Err(err) => {
+                    group.record(&instance, Outcome::Failure);
+                    tracing::warn!(environment = %group.environment, instance = %instance.label, error = %err, "cannot connect to instance");
+                    // Nothing was sent: any request may go to another instance.
+                    match next_attempt(group, &instance, &mut attempts_left, false) {
+                        Some(next) => {
+                            instance = next;
+                            continue;
+                        }
+                        None => return Err(failed(Failure::Connect(err))),
                     }
-                    None => return Err(failed(Failure::Connect(err))),
                 }
-            }
-        };
-        let sending = send_on(sender, request, &host, group);
-        let outcome = tokio::time::timeout(policy.response_timeout, sending).await;
-        match outcome {
-            Err(_elapsed) => {
-                group.record(&instance, Outcome::Failure);
-                return Err(failed(Failure::Timeout(policy.response_timeout)));
-            }
-            Ok(Ok((response, connection))) => {
-                let mut lease = lease;
-                if let Some(connection) = connection {
-                    lease.return_on_end(connection);
+            };
+            let sending = send_on(sender, outgoing.request, &outgoing.host, group);
+            let outcome = tokio::time::timeout(policy.response_timeout, sending).await;
+            match outcome {
+                Err(_elapsed) => {
+                    group.record(&instance, Outcome::Failure);
+                    return Err(failed(Failure::Timeout(policy.response_timeout)));
                 }
-                let outcome = if response.status().is_server_error() {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                group.record(&instance, outcome);
-                return Ok(Answered {
-                    response,
-                    lease,
-                    waited: started.elapsed(),
-                });
-            }
-            Ok(Err(mut err)) => {
-                // Not written at all (a pooled connection that had closed meanwhile): any request
-                // may go again, even to the same instance on a new connection. Written but
-                // unanswered: only a replayable one, and only to another instance.
-                let (again, same_instance_ok) = match err.take_message() {
-                    Some(message) => (Some(message), true),
-                    None => {
-                        group.record(&instance, Outcome::Failure);
-                        (replay.as_ref().map(Replay::request), false)
+                Ok(Ok((response, connection))) => {
+                    let mut lease = lease;
+                    if let Some(connection) = connection {
+                        lease.return_on_end(connection);
                     }
-                };
-                let next = again
-                    .is_some()
-                    .then(|| next_attempt(group, &instance, &mut attempts_left, same_instance_ok))
-                    .flatten();
-                match (again, next) {
-                    (Some(message), Some(next)) => {
-                        tracing::info!(environment = %group.environment, instance = %instance.label, next = %next.label, error = %err.error(), "sending the request again");
-                        request = message;
-                        instance = next;
+                    let outcome = if response.status().is_server_error() {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
+                    group.record(&instance, outcome);
+                    return Ok(Answered {
+                        response,
+                        lease,
+                        waited: started.elapsed(),
+                    });
+                }
+                Ok(Err(mut err)) => {
+                    // Not written at all (a pooled connection that had closed meanwhile): any request
+                    // may go again, even to the same instance on a new connection. Written but
+                    // unanswered: only a replayable one, and only to another instance.
+                    let (again, same_instance_ok) = match err.take_message() {
+                        Some(message) => (Some(message), true),
+                        None => {
+                            group.record(&instance, Outcome::Failure);
+                            (replay.as_ref().map(Replay::request), false)
+                        }
+                    };
+                    let next = again
+                        .is_some()
+                        .then(|| next_attempt(group, &instance, &mut attempts_left, same_instance_ok))
+                        .flatten();
+                    match (again, next) {
+                        (Some(message), Some(next)) => {
+                            tracing::info!(environment = %group.environment, instance = %instance.label, next = %next.label, error = %err.error(), "sending the request again");
+                            outgoing.request = message;
+                            instance = next;
+                        }
+                        _ => return Err(failed(Failure::Broken(err.into_error()))),
                     }
-                    _ => return Err(failed(Failure::Broken(err.into_error()))),
                 }
             }
         }
@@ -243,28 +252,35 @@ type SendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
 
 /// Send on one connection; an HTTP/1.1 connection that can carry another request comes back
 /// with the response, to return to the pool when the exchange is over.
-async fn send_on(
+///
+/// The request is shaped for the connection's protocol before the wait begins, so that the
+/// wait's state holds only the request and the connection (see [`send`] on `async fn`).
+fn send_on<'a>(
     sender: Sender,
     mut request: Request<RequestBody>,
     host: &HeaderValue,
-    group: &UpstreamGroup,
-) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
-    match sender {
-        Sender::Http1(mut sender) => {
-            *request.version_mut() = Version::HTTP_11;
-            let response = sender.try_send_request(request).await?;
-            let max_idle = group.spec.pool.max_idle_per_instance;
-            let reusable = max_idle > 0 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-            Ok((response, reusable.then(|| PoolReturn::new(sender, max_idle))))
-        }
-        Sender::Http2(mut sender) => {
+    group: &'a UpstreamGroup,
+) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>> + Send + 'a {
+    match &sender {
+        Sender::Http1(_) => *request.version_mut() = Version::HTTP_11,
+        Sender::Http2(_) => {
             if let Some(uri) = absolute_uri(request.uri(), host) {
                 *request.uri_mut() = uri;
             }
             *request.version_mut() = Version::HTTP_2;
             // HTTP/2 names the host in `:authority`.
             request.headers_mut().remove(header::HOST);
-            Ok((sender.try_send_request(request).await?, None))
+        }
+    }
+    async move {
+        match sender {
+            Sender::Http1(mut sender) => {
+                let response = sender.try_send_request(request).await?;
+                let max_idle = group.spec.pool.max_idle_per_instance;
+                let reusable = max_idle > 0 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                Ok((response, reusable.then(|| PoolReturn::new(sender, max_idle))))
+            }
+            Sender::Http2(mut sender) => Ok((sender.try_send_request(request).await?, None)),
         }
     }
 }
