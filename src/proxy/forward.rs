@@ -467,7 +467,15 @@ mod tests {
             header::PROXY_AUTHORIZATION,
             header::PROXY_AUTHENTICATE,
         ];
-        let kept = ["x-forwarded", "x-forwarded-fo", "ssl-client", "user-agent", "trailer", "host", "cookie"];
+        let kept = [
+            "x-forwarded",
+            "x-forwarded-fo",
+            "ssl-client",
+            "user-agent",
+            "trailer",
+            "host",
+            "cookie",
+        ];
         let mut headers = HeaderMap::new();
         for name in ours.iter().chain(&hop) {
             headers.append(name.clone(), HeaderValue::from_static("from the client"));
