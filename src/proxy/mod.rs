@@ -133,9 +133,10 @@ impl ConnectionInfo {
 /// Answer one request from a TLS connection, and record it (metrics, access log) when its
 /// response body ends.
 ///
-/// The request's state machine is what hyper boxes and moves once per request, so it is an
-/// `async move` block (which holds what it captures once) rather than an `async fn` (which keeps
-/// each argument twice: as passed, and as the local it is moved into).
+/// The request's state machine is moved into its box once per request
+/// (`server::http::Answering`), so it is an `async move` block (which holds what it captures
+/// once) rather than an `async fn` (which keeps each argument twice: as passed, and as the local
+/// it is moved into).
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
