@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::metrics::UpstreamConnections;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use super::instance::Instance;
 use super::pool::Sender;
 use super::spec::UpstreamTls;
+use crate::metrics::UpstreamConnections;
 
 /// Why no connection could be opened.
 #[derive(Debug, thiserror::Error)]
