@@ -1,7 +1,8 @@
 //! Per-path rules of one environment: path prefix → profile. The longest prefix that matches on
 //! a segment boundary wins and applies its whole profile.
 
-use std::collections::HashMap;
+// Keys come from the configuration only, so a seeded fast hash is as safe as SipHash here.
+use foldhash::HashMap;
 
 /// A rule's prefix in the form lookups use: no trailing slash, except the root `/`.
 pub fn rule_key(prefix: &str) -> &str {
@@ -28,7 +29,7 @@ pub struct MatchedRule<'a> {
 impl PathRules {
     pub fn new(case_insensitive: bool) -> Self {
         Self {
-            rules: HashMap::new(),
+            rules: HashMap::default(),
             case_insensitive,
         }
     }
