@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Shared;
-use super::drain::Open;
+use super::drain::{Open, stop_signal, until_stopped};
 use super::http::{Service, service};
 use super::tls::ClientTls;
 use crate::proxy::ConnectionInfo;
@@ -95,11 +95,11 @@ async fn serve_requests(
     let _open = Open::count(shared);
     // Boxed: the idle task then holds a pointer, not hyper's state.
     let mut http = Box::new(http1_connection(shared, connection, client, activity));
-    let mut draining = shared.draining.subscribe();
-    let ended = tokio::select! {
-        ended = until_idle(&mut http, activity) => ended,
-        _ = draining.wait_for(|draining| *draining) => Ended::Stopping,
-        () = connection.retire.notified() => Ended::Stopping,
+    let ended = {
+        let serving = std::pin::pin!(until_idle(&mut http, activity));
+        until_stopped(serving, stop_signal(shared, Some(&connection.retire)))
+            .await
+            .unwrap_or(Ended::Stopping)
     };
     let finished = match ended {
         Ended::Parked => return Some(take_back(*http)),
