@@ -380,7 +380,8 @@ pub fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// fleet's processes without coordination, and cheap (no syscall per request).
 #[derive(Debug)]
 pub struct RequestIds {
-    prefix: u64,
+    /// The prefix's 16 hex digits, written once.
+    prefix: [u8; 16],
     counter: AtomicU64,
 }
 
@@ -390,22 +391,28 @@ impl RequestIds {
         // Without randomness the ids stay unique within the process, which is what matters most.
         let _ = getrandom::fill(&mut seed);
         Self {
-            prefix: u64::from_ne_bytes(seed),
+            prefix: hex_digits(u64::from_ne_bytes(seed)),
             counter: AtomicU64::new(0),
         }
     }
 
     pub fn next(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let count = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut digits = [0u8; 32];
-        let value = (u128::from(self.prefix) << 64) | u128::from(count);
-        for (index, digit) in digits.iter_mut().enumerate() {
-            let shift = 124 - 4 * index;
-            *digit = HEX[((value >> shift) & 0xf) as usize];
-        }
-        HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        let mut id = [0u8; 32];
+        id[..16].copy_from_slice(&self.prefix);
+        id[16..].copy_from_slice(&hex_digits(count));
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
+}
+
+/// `value` as 16 lower-case hex digits, most significant first.
+fn hex_digits(value: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (index, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((value >> (60 - 4 * index)) & 0xf) as usize];
+    }
+    digits
 }
 
 impl Default for RequestIds {
@@ -499,6 +506,11 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(first.len(), 32);
         assert!(first.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        // One process's ids share the prefix and count up in the last 16 digits.
+        assert_eq!(first.as_bytes()[..16], second.as_bytes()[..16]);
+        assert_eq!(&first.as_bytes()[16..], b"0000000000000000");
+        assert_eq!(&second.as_bytes()[16..], b"0000000000000001");
+        assert_eq!(&hex_digits(0x0123_4567_89ab_cdef), b"0123456789abcdef");
     }
 
     #[test]
