@@ -75,7 +75,8 @@ pub async fn serve_until_drained<C: GracefulConnection + ?Sized>(
     retire: Option<&tokio::sync::Notify>,
 ) -> C::Output {
     let _open = Open::count(shared);
-    if let Some(output) = until_stopped(connection.as_mut(), stop_signal(shared, retire)).await {
+    let stop = std::pin::pin!(stop_signal(shared, retire));
+    if let Some(output) = until_stopped(connection.as_mut(), stop).await {
         return output;
     }
     connection.as_mut().graceful_shutdown();
@@ -107,32 +108,58 @@ pub fn stop_signal<'a>(shared: &'a Shared, retire: Option<&'a Notify>) -> impl F
 /// retire notification at each wake (as `tokio::select!` does) takes their waiter locks every
 /// time, about 2% of a small keep-alive request. `stop` is therefore polled with a waker of its
 /// own, which marks that it fired before waking the task.
-pub async fn until_stopped<W: Future + ?Sized>(
-    mut work: Pin<&mut W>,
-    stop: impl Future<Output = ()>,
-) -> Option<W::Output> {
-    let mut stop = std::pin::pin!(stop);
+///
+/// Both futures are pinned by the caller and borrowed here: this future is part of every open
+/// connection's state, and holding `stop` by value would store it twice (as the argument, and
+/// pinned).
+pub fn until_stopped<'a, W: Future + ?Sized, S: Future<Output = ()>>(
+    work: Pin<&'a mut W>,
+    stop: Pin<&'a mut S>,
+) -> UntilStopped<'a, W, S> {
     let relay = Arc::new(Relay {
-        // Poll `stop` once at the start, which registers its waker.
+        // Poll `stop` at the first poll, which registers its waker.
         fired: AtomicBool::new(true),
         task: AtomicWaker::new(),
     });
-    let relay_waker = Waker::from(relay.clone());
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+    UntilStopped {
+        work,
+        stop,
+        relay_waker: Waker::from(relay.clone()),
+        relay,
+    }
+}
+
+/// The future of [`until_stopped`].
+pub struct UntilStopped<'a, W: ?Sized, S> {
+    work: Pin<&'a mut W>,
+    stop: Pin<&'a mut S>,
+    relay: Arc<Relay>,
+    relay_waker: Waker,
+}
+
+impl<W: Future + ?Sized, S: Future<Output = ()>> Future for UntilStopped<'_, W, S> {
+    type Output = Option<W::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(output) = self.work.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
         // Registered before `fired` is read: a wake in between finds this waker and wakes the
         // task again, so no signal is lost.
-        relay.task.register(cx.waker());
-        if relay.fired.swap(false, Ordering::AcqRel)
-            && stop.as_mut().poll(&mut Context::from_waker(&relay_waker)).is_ready()
-        {
-            return Poll::Ready(None);
+        self.relay.task.register(cx.waker());
+        if self.relay.fired.swap(false, Ordering::AcqRel) {
+            let this = &mut *self;
+            if this
+                .stop
+                .as_mut()
+                .poll(&mut Context::from_waker(&this.relay_waker))
+                .is_ready()
+            {
+                return Poll::Ready(None);
+            }
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 /// The waker `stop` is polled with in [`until_stopped`].
@@ -164,7 +191,8 @@ mod tests {
     #[tokio::test]
     async fn work_that_ends_gives_its_output() {
         let work = std::pin::pin!(async { 7 });
-        let ended = tokio::time::timeout(WAIT, until_stopped(work, std::future::pending())).await;
+        let stop = std::pin::pin!(std::future::pending());
+        let ended = tokio::time::timeout(WAIT, until_stopped(work, stop)).await;
         assert_eq!(ended, Ok(Some(7)));
     }
 
@@ -178,7 +206,8 @@ mod tests {
             signal.notify_one();
         });
         let work = std::pin::pin!(std::future::pending::<()>());
-        let ended = tokio::time::timeout(WAIT, until_stopped(work, async { stop.notified().await })).await;
+        let stopped = std::pin::pin!(async { stop.notified().await });
+        let ended = tokio::time::timeout(WAIT, until_stopped(work, stopped)).await;
         assert_eq!(ended, Ok(None));
     }
 
@@ -203,13 +232,10 @@ mod tests {
             let _ = stop_tx.send(());
         });
         let work = std::pin::pin!(busy);
-        let ended = tokio::time::timeout(
-            WAIT,
-            until_stopped(work, async {
-                let _ = stop_rx.await;
-            }),
-        )
-        .await;
+        let stop = std::pin::pin!(async {
+            let _ = stop_rx.await;
+        });
+        let ended = tokio::time::timeout(WAIT, until_stopped(work, stop)).await;
         assert_eq!(ended, Ok(None));
         assert!(polls.load(Ordering::Relaxed) >= 1_000);
     }

@@ -97,9 +97,8 @@ async fn serve_requests(
     let mut http = Box::new(http1_connection(shared, connection, client, activity));
     let ended = {
         let serving = std::pin::pin!(until_idle(&mut http, activity));
-        until_stopped(serving, stop_signal(shared, Some(&connection.retire)))
-            .await
-            .unwrap_or(Ended::Stopping)
+        let stop = std::pin::pin!(stop_signal(shared, Some(&connection.retire)));
+        until_stopped(serving, stop).await.unwrap_or(Ended::Stopping)
     };
     let finished = match ended {
         Ended::Parked => return Some(take_back(*http)),
