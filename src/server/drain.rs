@@ -72,7 +72,7 @@ impl Drop for Open<'_> {
 pub async fn serve_until_drained<C: GracefulConnection + ?Sized>(
     shared: &Shared,
     mut connection: Pin<&mut C>,
-    retire: Option<&tokio::sync::Notify>,
+    retire: Option<&Notify>,
 ) -> C::Output {
     let _open = Open::count(shared);
     let stop = std::pin::pin!(stop_signal(shared, retire));
