@@ -165,22 +165,39 @@ pub fn prepare(
     })
 }
 
-/// Send a prepared request to an instance of `environment` and stream the answer back.
+/// Send an admitted request to an instance of its environment and stream the answer back; an
+/// answer that replaced the request at admission (`Err`) passes straight through.
 ///
-/// A function returning an `async move` block, not an `async fn`, so that `prepared` is held
-/// once in the request's state (see [`exchange::send`]).
+/// A function returning an `async move` block, not an `async fn`, so that the admission is held
+/// once in the request's state (see [`exchange::send`]). It takes the admission whole, not its
+/// parts, so that the caller's state does not keep a second copy of it across the wait: a value
+/// matched apart in the caller (or passed as separate parts) keeps its place in the caller's
+/// state for as long as the wait lasts.
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
 )]
 pub fn forward<'a>(
-    environment: &'a Environment,
-    prepared: Prepared,
+    admitted: Result<(&'a Environment, Prepared), Response<ResponseBody>>,
     details: &'a mut Details,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'a {
     async move {
-        let total_deadline = prepared.total_deadline;
-        let sending = exchange::send(&environment.upstream, prepared.outgoing, prepared.policy);
+        // Taken apart field by field: what the exchange consumes is moved into it before the
+        // wait, and only the small rest is kept across it.
+        let (
+            environment,
+            Prepared {
+                outgoing,
+                policy,
+                downstream_upgrade,
+                total_deadline,
+                exceeded,
+            },
+        ) = match admitted {
+            Ok(admitted) => admitted,
+            Err(answer) => return answer,
+        };
+        let sending = exchange::send(&environment.upstream, outgoing, policy);
         let outcome = match total_deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, sending).await.unwrap_or_else(|_| {
                 Err(Failed {
@@ -195,7 +212,7 @@ pub fn forward<'a>(
             Ok(answered) => answered,
             Err(failed) => {
                 details.upstream = failed.instance.map(|addr| (addr, failed.waited));
-                let too_large = (prepared.exceeded.as_ref()).is_some_and(|flag| flag.load(Ordering::SeqCst));
+                let too_large = exceeded.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
                 return failure_page(environment, &failed, too_large);
             }
         };
@@ -208,7 +225,7 @@ pub fn forward<'a>(
         environment.metrics.upstream_answered(waited);
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return match prepared.downstream_upgrade {
+            return match downstream_upgrade {
                 Some(downstream) => upgrade::tunnel(downstream, response),
                 // The app switched protocols without being asked: nothing sane can follow.
                 None => page(StatusCode::BAD_GATEWAY),

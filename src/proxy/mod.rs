@@ -161,7 +161,7 @@ pub fn handle(
         let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
         let host = request_host(&request).ok();
         let mut details = Details::default();
-        let mut response = match admit(
+        let admitted = admit(
             shared,
             connection,
             &snapshot,
@@ -169,10 +169,8 @@ pub fn handle(
             &request_id,
             request,
             &mut details,
-        ) {
-            Ok((environment, prepared)) => forward::forward(environment, prepared, &mut details).await,
-            Err(answer) => answer,
-        };
+        );
+        let mut response = forward::forward(admitted, &mut details).await;
         // The environment's header policy covers its every answer, gatehouse's own pages included;
         // without an environment (400, 404, 421) the platform's own headers apply.
         let environment = details.environment.and_then(|index| snapshot.environments.get(index));

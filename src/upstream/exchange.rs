@@ -8,7 +8,9 @@
 //! never replayed. Timeouts are not retried: the app may still be working on the request.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -16,6 +18,7 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 
 use super::RequestBody;
 use super::UpstreamGroup;
@@ -253,34 +256,80 @@ type SendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
 /// Send on one connection; an HTTP/1.1 connection that can carry another request comes back
 /// with the response, to return to the pool when the exchange is over.
 ///
-/// The request is shaped for the connection's protocol before the wait begins, so that the
-/// wait's state holds only the request and the connection (see [`send`] on `async fn`).
-fn send_on<'a>(
+/// The request is shaped for the connection's protocol and handed to hyper at once, and the
+/// wait is a hand-written future ([`Waiting`]): an `async` block would keep the request it hands
+/// on in its state, beside hyper's own copy, for as long as the wait lasts.
+fn send_on(
     sender: Sender,
     mut request: Request<RequestBody>,
     host: &HeaderValue,
-    group: &'a UpstreamGroup,
-) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>> + Send + 'a {
-    match &sender {
-        Sender::Http1(_) => *request.version_mut() = Version::HTTP_11,
-        Sender::Http2(_) => {
+    group: &UpstreamGroup,
+) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>> + Send + use<> {
+    match sender {
+        Sender::Http1(mut sender) => {
+            *request.version_mut() = Version::HTTP_11;
+            Waiting::Http1 {
+                response: sender.try_send_request(request),
+                sender: Some(sender),
+                max_idle: group.spec.pool.max_idle_per_instance,
+            }
+        }
+        Sender::Http2(mut sender) => {
             if let Some(uri) = absolute_uri(request.uri(), host) {
                 *request.uri_mut() = uri;
             }
             *request.version_mut() = Version::HTTP_2;
             // HTTP/2 names the host in `:authority`.
             request.headers_mut().remove(header::HOST);
+            Waiting::Http2 {
+                response: sender.try_send_request(request),
+            }
         }
     }
-    async move {
-        match sender {
-            Sender::Http1(mut sender) => {
-                let response = sender.try_send_request(request).await?;
-                let max_idle = group.spec.pool.max_idle_per_instance;
-                let reusable = max_idle > 0 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                Ok((response, reusable.then(|| PoolReturn::new(sender, max_idle))))
+}
+
+pin_project_lite::pin_project! {
+    /// The wait for the response head on one connection (see [`send_on`]).
+    #[project = WaitingNow]
+    enum Waiting<Http1Response, Http2Response> {
+        Http1 {
+            #[pin]
+            response: Http1Response,
+            // Taken when the response arrives: back to the pool after it, or closed.
+            sender: Option<http1::SendRequest<RequestBody>>,
+            max_idle: usize,
+        },
+        Http2 {
+            #[pin]
+            response: Http2Response,
+        },
+    }
+}
+
+impl<Http1Response, Http2Response> Future for Waiting<Http1Response, Http2Response>
+where
+    Http1Response: Future<Output = Result<Response<Incoming>, SendError>>,
+    Http2Response: Future<Output = Result<Response<Incoming>, SendError>>,
+{
+    type Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            WaitingNow::Http1 {
+                response,
+                sender,
+                max_idle,
+            } => {
+                let response = std::task::ready!(response.poll(cx))?;
+                // A switched connection belongs to the tunnel now; a pool of none keeps nothing.
+                let reusable = *max_idle > 0 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                let connection = sender
+                    .take()
+                    .filter(|_| reusable)
+                    .map(|sender| PoolReturn::new(sender, *max_idle));
+                Poll::Ready(Ok((response, connection)))
             }
-            Sender::Http2(mut sender) => Ok((sender.try_send_request(request).await?, None)),
+            WaitingNow::Http2 { response } => response.poll(cx).map_ok(|response| (response, None)),
         }
     }
 }
