@@ -13,6 +13,7 @@ Run (needs valgrind and h2load: Debian's valgrind and nghttp2-client):
     python3 benches/instructions.py --baseline /tmp/gatehouse-before  # and an earlier build beside it
     python3 benches/instructions.py --top 30                          # and the costliest functions
     python3 benches/instructions.py --scenarios d --requests 500      # full TLS handshakes (ECDSA)
+    python3 benches/instructions.py --scenarios a --environments 10000  # a with 10,000 environments
 """
 
 import argparse
@@ -32,15 +33,15 @@ LOADS = {
 }
 
 
-def counted_run(work, binary, scenario, requests):
+def counted_run(work, binary, scenario, requests, environments=1):
     """Total instructions of a gatehouse process that served `requests` requests (after a warm-up)."""
-    proxy = h2h.Gatehouse(work, binary=binary, name="callgrind")
+    proxy = h2h.Gatehouse(work, environments, binary=binary, name="callgrind")
     out = os.path.join(work, f"callgrind.{scenario}.{requests}")
     process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run",
                                 "--worker-threads", "1", "--config", f"{proxy.dir}/gatehouse.toml"],
                                cwd=proxy.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        h2h.wait_port(h2h.ECDSA_PORT, timeout=120)
+        h2h.wait_port(h2h.ECDSA_PORT, timeout=600)  # 10,000 environments load slowly under valgrind
         url = f"https://{h2h.HOST}:{h2h.ECDSA_PORT}/small"
         for count in (2000, requests):  # the first run warms the pool and the caches
             connections = ["-c", str(count)] if scenario == "d" else []
@@ -66,8 +67,8 @@ def per_function(path):
     return costs
 
 
-def per_request(work, binary, scenario, requests, top):
-    small, large = (per_function(counted_run(work, binary, scenario, n)) for n in (requests, 3 * requests))
+def per_request(work, binary, scenario, requests, top, environments):
+    small, large = (per_function(counted_run(work, binary, scenario, n, environments)) for n in (requests, 3 * requests))
     delta = {name: (large[name] - small.get(name, 0)) / (2 * requests) for name in large}
     for name, cost in sorted(delta.items(), key=lambda item: -item[1])[:top]:
         print(f"    {cost:8,.0f}  {name[:150]}")
@@ -80,6 +81,8 @@ def main():
     parser.add_argument("--scenarios", default="a,c")
     parser.add_argument("--baseline", default="", help="another gatehouse binary to count beside this build")
     parser.add_argument("--top", type=int, default=0, help="also list the N costliest functions per request")
+    parser.add_argument("--environments", type=int, default=1,
+                        help="environments in the configuration (head_to_head.py's scenario f uses 10 and 10,000)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_annotate", "h2load", "taskset", "openssl"):
         if not shutil.which(tool):
@@ -93,7 +96,7 @@ def main():
         for scenario in args.scenarios.split(","):
             for name, binary in binaries.items():
                 print(f"{name} {scenario}:", flush=True)
-                results[(name, scenario)] = per_request(work, binary, scenario, args.requests, args.top)
+                results[(name, scenario)] = per_request(work, binary, scenario, args.requests, args.top, args.environments)
                 print(f"  {results[(name, scenario)]:,.0f} instructions per request", flush=True)
     finally:
         backend.terminate()
