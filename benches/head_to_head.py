@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Head-to-head: gatehouse, nginx and HAProxy doing the same job on this machine, one after another.
+"""Head-to-head: gatehouse, nginx and HAProxy doing the same job on this machine, taking turns.
 
 Each proxy terminates TLS (ECDSA P-256 on one port, RSA 2048 on another, the same certificates),
 runs one worker/thread pinned to core 0, checks an IP allow rule, adds the same two response
@@ -13,8 +13,11 @@ after one request each) on a freshly started process; f) gatehouse with 10,000 e
 reload, and scenario a against it, in rounds alternating with a 10-environment configuration.
 
 Throughput alone cannot show a win on a shared machine, so each proxy's CPU time is read from /proc
-and the table reports requests (or handshakes) per proxy CPU-second, the median of alternating runs
-with min-max, and the gatehouse/nginx and gatehouse/HAProxy ratios.
+and the table reports requests (or handshakes) per proxy CPU-second, the median of the rounds with
+min-max, and the gatehouse/nginx and gatehouse/HAProxy ratios. The proxies run side by side on
+their own ports and take turns run by run (the order rotating each round), so that a change in
+the machine's load, which on this shared machine lasts seconds to minutes, lands on all of them
+alike; memory (e) is measured on each proxy freshly started in turn.
 
 Run (needs nginx, haproxy, wrk, h2load from Debian's nginx, haproxy, wrk and nghttp2-client):
     python3 benches/head_to_head.py            # about 10 minutes
@@ -132,16 +135,18 @@ def prepare(prefix):
 class Proxy:
     name = ""
 
-    def __init__(self, work):
+    def __init__(self, work, offset=0):
         self.work = work
         self.process = None
+        # Each proxy of a session listens on its own pair of ports, so that all can run side by side.
+        self.ecdsa_port, self.rsa_port = ECDSA_PORT + offset, RSA_PORT + offset
 
     def start(self):
         self.process = subprocess.Popen(["taskset", "-c", PROXY_CORE, *self.command()], cwd=self.work,
                                         stdout=subprocess.DEVNULL if self.name != "haproxy" else open(f"{self.work}/haproxy-access.log", "a"),
                                         stderr=open(f"{self.work}/{self.name}-stderr.log", "a"))
-        wait_port(ECDSA_PORT)
-        wait_port(RSA_PORT)
+        wait_port(self.ecdsa_port)
+        wait_port(self.rsa_port)
 
     def stop(self):
         if self.process:
@@ -152,7 +157,7 @@ class Proxy:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-        for port in (ECDSA_PORT, RSA_PORT):
+        for port in (self.ecdsa_port, self.rsa_port):
             deadline = time.time() + 10
             while time.time() < deadline:
                 try:
@@ -169,8 +174,8 @@ class Proxy:
 class Gatehouse(Proxy):
     name = "gatehouse"
 
-    def __init__(self, work, environments=1, binary=None, name="gatehouse"):
-        super().__init__(work)
+    def __init__(self, work, environments=1, binary=None, name="gatehouse", offset=0):
+        super().__init__(work, offset)
         self.name = name
         self.binary = binary or f"{ROOT}/target/release/gatehouse"
         self.environments = environments
@@ -178,8 +183,8 @@ class Gatehouse(Proxy):
         os.makedirs(f"{self.dir}/env", exist_ok=True)
         main = f"""environments = "env/*.toml"
 [listen]
-https = ["127.0.0.1:{ECDSA_PORT}"]
-admin = "127.0.0.1:{ADMIN_PORT}"
+https = ["127.0.0.1:{self.ecdsa_port}"]
+admin = "127.0.0.1:{ADMIN_PORT + offset}"
 [tls]
 certificate = "../ecdsa.pem"
 key = "../ecdsa.key"
@@ -204,8 +209,8 @@ ranges = ["127.0.0.0/8"]
             f.write(main)
         # The RSA port: a second process with the RSA certificate, so that each port has its own
         # platform certificate as in the peers' configurations.
-        rsa_main = main.replace(f"127.0.0.1:{ECDSA_PORT}", f"127.0.0.1:{RSA_PORT}").replace("../ecdsa.", "../rsa.").replace(
-            f'admin = "127.0.0.1:{ADMIN_PORT}"', 'admin = "off"')
+        rsa_main = main.replace(f"127.0.0.1:{self.ecdsa_port}", f"127.0.0.1:{self.rsa_port}").replace("../ecdsa.", "../rsa.").replace(
+            f'admin = "127.0.0.1:{ADMIN_PORT + offset}"', 'admin = "off"')
         os.makedirs(f"{self.dir}/rsa/env", exist_ok=True)
         with open(f"{self.dir}/rsa/gatehouse.toml", "w") as f:
             f.write(rsa_main.replace('"../', '"../../'))
@@ -247,16 +252,16 @@ X-Content-Type-Options = "nosniff"
         super().stop()
 
     def pid_for(self, port):
-        return self.rsa_process.pid if port == RSA_PORT else self.process.pid
+        return self.rsa_process.pid if port == self.rsa_port else self.process.pid
 
 
 class Nginx(Proxy):
     name = "nginx"
 
-    def __init__(self, work):
-        super().__init__(work)
+    def __init__(self, work, offset=0):
+        super().__init__(work, offset)
         servers = ""
-        for port, kind in ((ECDSA_PORT, "ecdsa"), (RSA_PORT, "rsa")):
+        for port, kind in ((self.ecdsa_port, "ecdsa"), (self.rsa_port, "rsa")):
             servers += f"""
     server {{
         listen 127.0.0.1:{port} ssl http2;
@@ -307,8 +312,8 @@ http {{
 class Haproxy(Proxy):
     name = "haproxy"
 
-    def __init__(self, work):
-        super().__init__(work)
+    def __init__(self, work, offset=0):
+        super().__init__(work, offset)
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(f"""global
     nbthread 1
@@ -323,8 +328,8 @@ defaults
     timeout server 60s
     timeout http-keep-alive 60s
 frontend fe
-    bind 127.0.0.1:{ECDSA_PORT} ssl crt {work}/ecdsa-combined.pem alpn h2,http/1.1
-    bind 127.0.0.1:{RSA_PORT} ssl crt {work}/rsa-combined.pem alpn h2,http/1.1
+    bind 127.0.0.1:{self.ecdsa_port} ssl crt {work}/ecdsa-combined.pem alpn h2,http/1.1
+    bind 127.0.0.1:{self.rsa_port} ssl crt {work}/rsa-combined.pem alpn h2,http/1.1
     http-request deny unless {{ src 127.0.0.0/8 }}
     option forwardfor
     http-request set-header X-Real-IP %[src]
@@ -461,11 +466,11 @@ def main():
             sys.exit(f"{tool} is missing: apt-get install nginx haproxy wrk nghttp2-client util-linux openssl")
     print("building gatehouse and the backend (release)...", flush=True)
     work, backend = prepare("gatehouse-h2h-")
-    proxies = [Gatehouse(work), Nginx(work), Haproxy(work)]
+    proxies = [Gatehouse(work), Nginx(work, offset=10), Haproxy(work, offset=20)]
     if args.only:
         proxies = [p for p in proxies if p.name in args.only.split(",")]
     if args.baseline:
-        proxies.insert(1, Gatehouse(work, binary=os.path.abspath(args.baseline), name="baseline"))
+        proxies.insert(1, Gatehouse(work, binary=os.path.abspath(args.baseline), name="baseline", offset=30))
     scenarios = {
         "a": lambda port: wrk(port, "/small", args.duration),
         "b": lambda port: wrk(port, "/16k", args.duration),
@@ -479,24 +484,36 @@ def main():
     memory = {p.name: [] for p in proxies}
     try:
         ceiling = {"a": wrk(BACKEND_PORT, "/small", args.duration, "http"), "b": wrk(BACKEND_PORT, "/16k", args.duration, "http")}
-        for round_number in range(1, args.runs + 1):
-            for proxy in proxies:
-                proxy.start()
-                check_response(ECDSA_PORT)
-                check_response(RSA_PORT)
-                if "e" in chosen:
-                    held = hold_connections(ECDSA_PORT, args.connections, proxy.pid_for(ECDSA_PORT))
+        if "e" in chosen:
+            # Memory: on a freshly started process each time, one proxy after another.
+            for round_number in range(1, args.runs + 1):
+                for proxy in proxies:
+                    proxy.start()
+                    check_response(proxy.ecdsa_port)
+                    held = hold_connections(proxy.ecdsa_port, args.connections, proxy.pid_for(proxy.ecdsa_port))
                     memory[proxy.name].append(held)
                     print(f"round {round_number} {proxy.name:9} e        {held['handshake']:.1f} KiB per connection after "
                           f"the handshake, {held['request']:.1f} KiB after one request", flush=True)
-                for name, scenario in scenarios.items():
-                    port = RSA_PORT if name == "d-rsa" else ECDSA_PORT
+                    proxy.stop()
+        # Throughput and handshakes: all proxies run side by side (an idle one costs nothing) and
+        # take turns run by run, the order rotating each round, so that a change in the
+        # machine's load lands on all of them alike instead of on whichever ran during it.
+        for proxy in proxies:
+            proxy.start()
+            check_response(proxy.ecdsa_port)
+            check_response(proxy.rsa_port)
+        for round_number in range(1, args.runs + 1):
+            turn = (round_number - 1) % len(proxies)
+            for name, scenario in scenarios.items():
+                for proxy in proxies[turn:] + proxies[:turn]:
+                    port = proxy.rsa_port if name == "d-rsa" else proxy.ecdsa_port
                     result = measured(proxy, port, lambda: scenario(port))
                     results[name][proxy.name].append(result)
                     print(f"round {round_number} {proxy.name:9} {name:8} {result['count']:>8} done, "
                           f"{result['rate']:>9.0f}/s, {result['per_cpu_s']:>9.0f} per CPU-s"
                           + (f", p99 {result['p99_ms']:.2f} ms" if "p99_ms" in result else ""), flush=True)
-                proxy.stop()
+        for proxy in proxies:
+            proxy.stop()
         many = None
         if "f" in chosen and any(p.name == "gatehouse" for p in proxies):
             try:
@@ -550,7 +567,7 @@ def report(results, memory, ceiling, many, proxies, args):
     peers = [(peer, title) for peer, title in (("nginx", "nginx"), ("haproxy", "HAProxy"), ("baseline", "baseline"))
              if peer in names or peer != "baseline"]
     print()
-    print(f"## Head-to-head ({time.strftime('%Y-%m-%d')}, {args.runs} alternating runs, {args.duration} s each; median (min-max))")
+    print(f"## Head-to-head ({time.strftime('%Y-%m-%d')}, {args.runs} rounds of turns, {args.duration} s each; median (min-max))")
     print()
     print("Requests (d: handshakes) per proxy CPU-second:")
     print()
@@ -565,7 +582,12 @@ def report(results, memory, ceiling, many, proxies, args):
         ratios = []
         for peer, _ in peers:
             if "gatehouse" in row and peer in row:
-                ratios.append(f"{row['gatehouse'][0] / row[peer][0]:.2f}")
+                # The ratio of the medians, and beside it the range of the ratios within each
+                # round (the two ran seconds apart there): how far one run's ratio can stray.
+                by_round = [g["per_cpu_s"] / p["per_cpu_s"] for g, p in zip(results[name]["gatehouse"], results[name][peer])
+                            if p["per_cpu_s"] > 0]
+                spread = f" ({min(by_round):.2f}-{max(by_round):.2f} by round)" if len(by_round) > 1 else ""
+                ratios.append(f"{row['gatehouse'][0] / row[peer][0]:.2f}{spread}")
             else:
                 ratios.append("-")
         print(f"| {label} | " + " | ".join(fmt(row[n]) for n in names) + "".join(f" | {r}" for r in ratios) + " |")
