@@ -131,6 +131,9 @@ fn harness() -> &'static Harness {
             let https = proxy.https_addrs()[0];
             (proxy, https)
         });
+        // The configuration lives in memory now (no file watching, no reload); libFuzzer ends the
+        // process without running destructors, so the directory goes here or never.
+        let _ = std::fs::remove_dir_all(&dir);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
