@@ -498,22 +498,23 @@ def main():
         # Throughput and handshakes: all proxies run side by side (an idle one costs nothing) and
         # take turns run by run, the order rotating each round, so that a change in the
         # machine's load lands on all of them alike instead of on whichever ran during it.
-        for proxy in proxies:
-            proxy.start()
-            check_response(proxy.ecdsa_port)
-            check_response(proxy.rsa_port)
-        for round_number in range(1, args.runs + 1):
-            turn = (round_number - 1) % len(proxies)
-            for name, scenario in scenarios.items():
-                for proxy in proxies[turn:] + proxies[:turn]:
-                    port = proxy.rsa_port if name == "d-rsa" else proxy.ecdsa_port
-                    result = measured(proxy, port, lambda: scenario(port))
-                    results[name][proxy.name].append(result)
-                    print(f"round {round_number} {proxy.name:9} {name:8} {result['count']:>8} done, "
-                          f"{result['rate']:>9.0f}/s, {result['per_cpu_s']:>9.0f} per CPU-s"
-                          + (f", p99 {result['p99_ms']:.2f} ms" if "p99_ms" in result else ""), flush=True)
-        for proxy in proxies:
-            proxy.stop()
+        if scenarios:
+            for proxy in proxies:
+                proxy.start()
+                check_response(proxy.ecdsa_port)
+                check_response(proxy.rsa_port)
+            for round_number in range(1, args.runs + 1):
+                turn = (round_number - 1) % len(proxies)
+                for name, scenario in scenarios.items():
+                    for proxy in proxies[turn:] + proxies[:turn]:
+                        port = proxy.rsa_port if name == "d-rsa" else proxy.ecdsa_port
+                        result = measured(proxy, port, lambda: scenario(port))
+                        results[name][proxy.name].append(result)
+                        print(f"round {round_number} {proxy.name:9} {name:8} {result['count']:>8} done, "
+                              f"{result['rate']:>9.0f}/s, {result['per_cpu_s']:>9.0f} per CPU-s"
+                              + (f", p99 {result['p99_ms']:.2f} ms" if "p99_ms" in result else ""), flush=True)
+            for proxy in proxies:
+                proxy.stop()
         many = None
         if "f" in chosen and any(p.name == "gatehouse" for p in proxies):
             try:
