@@ -225,8 +225,10 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let watcher = polls.clone();
         std::thread::spawn(move || {
-            // Fire from another thread once the work has been polled a good many times.
-            while watcher.load(Ordering::Relaxed) < 1_000 {
+            // Fire from another thread once the work has been polled a good many times (or after
+            // the test's own wait, so that this thread never outlives a failed test spinning).
+            let deadline = std::time::Instant::now() + WAIT;
+            while watcher.load(Ordering::Relaxed) < 1_000 && std::time::Instant::now() < deadline {
                 std::thread::yield_now();
             }
             let _ = stop_tx.send(());
