@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -82,7 +82,7 @@ impl LogSink {
     }
 }
 
-async fn open(target: &Target) -> Option<Box<dyn AsyncWrite + Send + Unpin>> {
+async fn open(target: &Target) -> Option<Output> {
     match target {
         Target::Off => None,
         Target::Stdout => Some(Box::new(tokio::io::stdout())),
@@ -104,6 +104,11 @@ async fn open(target: &Target) -> Option<Box<dyn AsyncWrite + Send + Unpin>> {
 const BUFFER: usize = 64 * 1024;
 /// Lines reach the log within this time.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Lines taken from the queue per wake of the writer. Every wake costs a task poll; on a busy
+/// proxy many lines arrive between two wakes, and they are moved together.
+const LINES_PER_WAKE: usize = 256;
+
+type Output = Box<dyn AsyncWrite + Send + Unpin>;
 
 async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -111,50 +116,64 @@ async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
         Target::File(_) => signal(SignalKind::user_defined1()).ok(),
         _ => None,
     };
-    let mut output = open(&target)
-        .await
-        .map(|writer| BufWriter::with_capacity(BUFFER, writer));
-    // Lines are written in batches and flushed at least every FLUSH_EVERY: a flush per line
-    // would cost a system call (and, for files, a hand-off to tokio's blocking pool) per request.
+    let mut output = open(&target).await;
+    // Lines are gathered here and written in batches, flushed at least every FLUSH_EVERY: a write
+    // per line would cost a system call (and, for files, a hand-off to tokio's blocking pool) per
+    // request.
+    let mut pending: Vec<u8> = Vec::with_capacity(BUFFER);
+    let mut lines: Vec<String> = Vec::with_capacity(LINES_PER_WAKE);
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut dirty = false;
     loop {
         tokio::select! {
-            line = receiver.recv() => {
-                let Some(line) = line else { break };
-                if let Some(writer) = output.as_mut() {
-                    let written = async {
-                        writer.write_all(line.as_bytes()).await?;
-                        writer.write_all(b"\n").await
-                    };
-                    if let Err(err) = written.await {
-                        tracing::error!(error = %err, "cannot write log line");
-                    }
-                    dirty = true;
+            taken = receiver.recv_many(&mut lines, LINES_PER_WAKE) => {
+                if taken == 0 {
+                    break;
+                }
+                gather(&mut pending, &mut lines, output.is_some());
+                if pending.len() >= BUFFER {
+                    write_out(output.as_mut(), &mut pending).await;
                 }
             }
-            _ = flush_tick.tick(), if dirty => {
-                if let Some(writer) = output.as_mut()
-                    && let Err(err) = writer.flush().await
-                {
-                    tracing::error!(error = %err, "cannot write log lines");
-                }
-                dirty = false;
+            _ = flush_tick.tick(), if !pending.is_empty() => {
+                write_out(output.as_mut(), &mut pending).await;
             }
             Some(()) = async { match reopen.as_mut() { Some(signal) => signal.recv().await, None => std::future::pending().await } } => {
-                if let Some(writer) = output.as_mut() {
-                    let _ = writer.flush().await;
-                }
-                output = open(&target).await.map(|writer| BufWriter::with_capacity(BUFFER, writer));
-                dirty = false;
+                write_out(output.as_mut(), &mut pending).await;
+                output = open(&target).await;
                 tracing::info!("log file reopened");
             }
         }
     }
-    if let Some(writer) = output.as_mut() {
-        let _ = writer.flush().await;
+    write_out(output.as_mut(), &mut pending).await;
+}
+
+/// Move `lines` into `pending`, one per text line; without an output (the file could not be
+/// opened) they are dropped.
+fn gather(pending: &mut Vec<u8>, lines: &mut Vec<String>, has_output: bool) {
+    if has_output {
+        for line in lines.iter() {
+            pending.extend_from_slice(line.as_bytes());
+            pending.push(b'\n');
+        }
     }
+    lines.clear();
+}
+
+/// Write what is pending and flush it, so that it is in the file (or pipe) when this returns.
+async fn write_out(output: Option<&mut Output>, pending: &mut Vec<u8>) {
+    if let Some(writer) = output
+        && !pending.is_empty()
+    {
+        let written = async {
+            writer.write_all(pending).await?;
+            writer.flush().await
+        };
+        if let Err(err) = written.await {
+            tracing::error!(error = %err, "cannot write log lines");
+        }
+    }
+    pending.clear();
 }
 
 /// The time texts of one second. Formatting a date costs about as much as the rest of an access
@@ -261,6 +280,40 @@ fn rfc3339_seconds_of(second: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_line_reaches_the_file_in_order_across_batches() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("access.log");
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        // More lines than one wake takes and more bytes than one write, queued before the
+        // writer runs, then the queue closes: the writer must write them all and end.
+        let count = 4 * LINES_PER_WAKE + 3;
+        let padding = "x".repeat(BUFFER / LINES_PER_WAKE);
+        for number in 0..count {
+            sender
+                .try_send(format!("line {number} {padding}"))
+                .expect("the queue has room");
+        }
+        drop(sender);
+        write_lines(Target::File(path.clone()), receiver).await;
+        let text = std::fs::read_to_string(&path).expect("the log file");
+        let expected: Vec<String> = (0..count).map(|number| format!("line {number} {padding}")).collect();
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn lines_without_an_output_are_dropped() {
+        let mut pending = Vec::new();
+        let mut lines = vec!["a".to_owned(), "b".to_owned()];
+        gather(&mut pending, &mut lines, true);
+        assert_eq!(pending, b"a\nb\n");
+        lines.push("c".to_owned());
+        gather(&mut pending, &mut lines, false);
+        assert_eq!(pending, b"a\nb\n");
+        assert!(lines.is_empty());
+    }
 
     #[test]
     fn time_texts_match_a_direct_formatting_and_change_with_the_second() {
