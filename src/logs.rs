@@ -1,6 +1,8 @@
 //! Access and audit logs: one line per event, written by a background task so that the request
 //! path never waits on I/O. Lines go through a bounded queue; when it is full, the line is dropped
-//! and counted (`gatehouse_log_lines_dropped_total`), never the request.
+//! and counted (`gatehouse_log_lines_dropped_total{reason="queue_full"}`), never the request.
+//! Lines that the writer cannot get into the log (the file cannot be opened, a write fails) are
+//! counted too (`reason="write_failed"`), so that a full disk shows in the metrics.
 //!
 //! A file target is reopened on SIGUSR1, for logrotate.
 
@@ -11,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::metrics::Metrics;
+use crate::metrics::{LogDrop, Metrics};
 
 /// Lines waiting to be written, per sink.
 const QUEUE: usize = 65_536;
@@ -61,7 +63,7 @@ impl LogSink {
             return Self { sender: None, metrics };
         }
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(target, receiver));
+        tokio::spawn(write_lines(target, receiver, metrics.clone()));
         Self {
             sender: Some(sender),
             metrics,
@@ -77,7 +79,7 @@ impl LogSink {
         if let Some(sender) = &self.sender
             && sender.try_send(line).is_err()
         {
-            self.metrics.log_line_dropped();
+            self.metrics.log_lines_dropped(LogDrop::QueueFull, 1);
         }
     }
 }
@@ -110,7 +112,7 @@ const LINES_PER_WAKE: usize = 256;
 
 type Output = Box<dyn AsyncWrite + Send + Unpin>;
 
-async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
+async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>, metrics: Arc<Metrics>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut reopen = match target {
         Target::File(_) => signal(SignalKind::user_defined1()).ok(),
@@ -120,7 +122,7 @@ async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
     // Lines are gathered here and written in batches, flushed at least every FLUSH_EVERY: a write
     // per line would cost a system call (and, for files, a hand-off to tokio's blocking pool) per
     // request.
-    let mut pending: Vec<u8> = Vec::with_capacity(BUFFER);
+    let mut pending = Pending::default();
     let mut lines: Vec<String> = Vec::with_capacity(LINES_PER_WAKE);
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,48 +132,75 @@ async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>) {
                 if taken == 0 {
                     break;
                 }
-                gather(&mut pending, &mut lines, output.is_some());
-                if pending.len() >= BUFFER {
-                    write_out(output.as_mut(), &mut pending).await;
+                pending.gather(&mut lines);
+                if pending.bytes.len() >= BUFFER {
+                    write_out(output.as_mut(), &mut pending, &metrics).await;
                 }
             }
-            _ = flush_tick.tick(), if !pending.is_empty() => {
-                write_out(output.as_mut(), &mut pending).await;
+            _ = flush_tick.tick(), if pending.lines > 0 => {
+                write_out(output.as_mut(), &mut pending, &metrics).await;
             }
             Some(()) = async { match reopen.as_mut() { Some(signal) => signal.recv().await, None => std::future::pending().await } } => {
-                write_out(output.as_mut(), &mut pending).await;
+                write_out(output.as_mut(), &mut pending, &metrics).await;
                 output = open(&target).await;
                 tracing::info!("log file reopened");
             }
         }
     }
-    write_out(output.as_mut(), &mut pending).await;
+    write_out(output.as_mut(), &mut pending, &metrics).await;
 }
 
-/// Move `lines` into `pending`, one per text line; without an output (the file could not be
-/// opened) they are dropped.
-fn gather(pending: &mut Vec<u8>, lines: &mut Vec<String>, has_output: bool) {
-    if has_output {
-        for line in lines.iter() {
-            pending.extend_from_slice(line.as_bytes());
-            pending.push(b'\n');
+/// Lines gathered for the next write, and how many there are (to count them if it fails).
+struct Pending {
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            bytes: Vec::with_capacity(BUFFER),
+            lines: 0,
         }
     }
-    lines.clear();
+}
+
+impl Pending {
+    /// Move `lines` in, one per text line.
+    fn gather(&mut self, lines: &mut Vec<String>) {
+        for line in lines.drain(..) {
+            self.bytes.extend_from_slice(line.as_bytes());
+            self.bytes.push(b'\n');
+            self.lines += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lines = 0;
+    }
 }
 
 /// Write what is pending and flush it, so that it is in the file (or pipe) when this returns.
-async fn write_out(output: Option<&mut Output>, pending: &mut Vec<u8>) {
-    if let Some(writer) = output
-        && !pending.is_empty()
-    {
+/// When the write fails, or there is no output (the file could not be opened), the batch's lines
+/// are counted as dropped: all of them, though part of the batch may have reached the log before
+/// the error.
+async fn write_out(output: Option<&mut Output>, pending: &mut Pending, metrics: &Metrics) {
+    if pending.lines == 0 {
+        return;
+    }
+    // Without an output, opening the file failed and said so once; its lines are only counted.
+    if let Some(writer) = output {
         let written = async {
-            writer.write_all(pending).await?;
+            writer.write_all(&pending.bytes).await?;
             writer.flush().await
         };
         if let Err(err) = written.await {
-            tracing::error!(error = %err, "cannot write log lines");
+            tracing::error!(error = %err, lines = pending.lines, "cannot write log lines; they are dropped");
+            metrics.log_lines_dropped(LogDrop::WriteFailed, pending.lines);
         }
+    } else {
+        metrics.log_lines_dropped(LogDrop::WriteFailed, pending.lines);
     }
     pending.clear();
 }
@@ -281,38 +310,70 @@ fn rfc3339_seconds_of(second: u64) -> String {
 mod tests {
     use super::*;
 
+    /// A closed queue holding `lines`, as the writer finds it when gatehouse stops.
+    fn queued(lines: &[String]) -> mpsc::Receiver<String> {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        for line in lines {
+            sender.try_send(line.clone()).expect("the queue has room");
+        }
+        receiver
+    }
+
+    /// The value of `gatehouse_log_lines_dropped_total` for `reason`.
+    fn dropped(metrics: &Metrics, reason: &str) -> String {
+        let series = format!("gatehouse_log_lines_dropped_total{{reason=\"{reason}\"}} ");
+        let text = metrics.render();
+        let value = text.lines().find_map(|line| line.strip_prefix(series.as_str()));
+        value.unwrap_or("absent").to_owned()
+    }
+
     #[tokio::test]
     async fn every_line_reaches_the_file_in_order_across_batches() {
         let directory = tempfile::tempdir().expect("temporary directory");
         let path = directory.path().join("access.log");
-        let (sender, receiver) = mpsc::channel(QUEUE);
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
         // More lines than one wake takes and more bytes than one write, queued before the
         // writer runs, then the queue closes: the writer must write them all and end.
-        let count = 4 * LINES_PER_WAKE + 3;
         let padding = "x".repeat(BUFFER / LINES_PER_WAKE);
-        for number in 0..count {
-            sender
-                .try_send(format!("line {number} {padding}"))
-                .expect("the queue has room");
-        }
-        drop(sender);
-        write_lines(Target::File(path.clone()), receiver).await;
+        let expected: Vec<String> = (0..4 * LINES_PER_WAKE + 3)
+            .map(|number| format!("line {number} {padding}"))
+            .collect();
+        write_lines(Target::File(path.clone()), queued(&expected), metrics.clone()).await;
         let text = std::fs::read_to_string(&path).expect("the log file");
-        let expected: Vec<String> = (0..count).map(|number| format!("line {number} {padding}")).collect();
         assert_eq!(text.lines().collect::<Vec<_>>(), expected);
         assert!(text.ends_with('\n'));
+        assert_eq!(dropped(&metrics, "write_failed"), "0");
+        assert_eq!(dropped(&metrics, "queue_full"), "0");
+    }
+
+    #[tokio::test]
+    async fn lines_that_cannot_be_written_are_counted_as_dropped() {
+        let lines: Vec<String> = (0..5).map(|number| format!("line {number}")).collect();
+        // A full disk: /dev/full opens, and every write to it fails with "no space left".
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        write_lines(Target::File("/dev/full".into()), queued(&lines), metrics.clone()).await;
+        assert_eq!(dropped(&metrics, "write_failed"), "5");
+        // A file that cannot be opened (its directory is missing): every line is dropped.
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let missing = directory.path().join("missing").join("access.log");
+        write_lines(Target::File(missing), queued(&lines), metrics.clone()).await;
+        assert_eq!(dropped(&metrics, "write_failed"), "5");
+        assert_eq!(dropped(&metrics, "queue_full"), "0");
     }
 
     #[test]
-    fn lines_without_an_output_are_dropped() {
-        let mut pending = Vec::new();
-        let mut lines = vec!["a".to_owned(), "b".to_owned()];
-        gather(&mut pending, &mut lines, true);
-        assert_eq!(pending, b"a\nb\n");
-        lines.push("c".to_owned());
-        gather(&mut pending, &mut lines, false);
-        assert_eq!(pending, b"a\nb\n");
-        assert!(lines.is_empty());
+    fn a_full_queue_drops_the_line_and_counts_it() {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (sender, _receiver) = mpsc::channel(1);
+        let sink = LogSink {
+            sender: Some(sender),
+            metrics: metrics.clone(),
+        };
+        sink.write("fits".to_owned());
+        sink.write("does not fit".to_owned());
+        assert_eq!(dropped(&metrics, "queue_full"), "1");
+        assert_eq!(dropped(&metrics, "write_failed"), "0");
     }
 
     #[test]

@@ -73,6 +73,16 @@ const HANDSHAKE_FAILURES: [&str; 8] = [
     "other",
 ];
 
+/// Why access or audit log lines did not reach their log, as counted (the `reason` label's
+/// values in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDrop {
+    /// The writer's queue was full: it fell behind the requests.
+    QueueFull,
+    /// The log file could not be opened, or a write to it failed (disk full, closed pipe).
+    WriteFailed,
+}
+
 /// The metric families whose series are per environment.
 #[derive(Debug)]
 struct Families {
@@ -110,7 +120,8 @@ pub struct Metrics {
     last_reload: Gauge,
     config_info: IntGaugeVec,
     certificate_expiry: GaugeVec,
-    log_lines_dropped: IntCounter,
+    /// `gatehouse_log_lines_dropped_total` by [`LogDrop`].
+    log_lines_dropped: [IntCounter; 2],
     upstream_connections: UpstreamConnections,
     instance_healthy: IntGaugeVec,
     /// `gatehouse_connections_refused_total` for the total and the per-client limit.
@@ -261,11 +272,12 @@ impl Metrics {
             &["environment", "domain"],
         )?;
         registry.register(Box::new(certificate_expiry.clone()))?;
-        let log_lines_dropped = IntCounter::new(
+        let log_lines_dropped = counter_vec(
+            &registry,
             "gatehouse_log_lines_dropped_total",
-            "Access and audit log lines dropped because the log writer fell behind.",
+            "Access and audit log lines that did not reach their log: the writer fell behind (queue_full), or the log could not be opened or written (write_failed).",
+            &["reason"],
         )?;
-        registry.register(Box::new(log_lines_dropped.clone()))?;
         let upstream_connections = IntGauge::new(
             "gatehouse_upstream_connections",
             "Open connections to app instances, idle in the keep-alive pool or in use.",
@@ -305,7 +317,10 @@ impl Metrics {
             last_reload,
             config_info,
             certificate_expiry,
-            log_lines_dropped,
+            log_lines_dropped: [
+                log_lines_dropped.get_metric_with_label_values(&["queue_full"])?,
+                log_lines_dropped.get_metric_with_label_values(&["write_failed"])?,
+            ],
             upstream_connections: UpstreamConnections {
                 open: upstream_connections,
                 opened: upstream_connections_opened,
@@ -418,8 +433,9 @@ impl Metrics {
         self.connections_refused[usize::from(per_client)].inc();
     }
 
-    pub fn log_line_dropped(&self) {
-        self.log_lines_dropped.inc();
+    /// `count` log lines did not reach their log, for `reason`.
+    pub fn log_lines_dropped(&self, reason: LogDrop, count: u64) {
+        self.log_lines_dropped[reason as usize].inc_by(count);
     }
 }
 

@@ -397,6 +397,28 @@ async fn common_log_format_and_reopening_the_file_on_sigusr1() {
     assert_eq!(lines_of(fixture.path("access.log.1"), 1).await.len(), 1);
 }
 
+#[tokio::test]
+async fn access_log_lines_that_cannot_be_written_are_counted() {
+    // A full disk: /dev/full opens, and every write to it fails. Requests are still served, and
+    // the lost lines show in the metrics, apart from those dropped by a writer falling behind.
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("[logging]\naccess_log = \"/dev/full\"\naudit_log = \"off\"\n");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    for _ in 0..3 {
+        assert_eq!(running.get("shop.apps.test", "/").await.status, StatusCode::OK);
+    }
+    let failed = "gatehouse_log_lines_dropped_total{reason=\"write_failed\"}";
+    let (text, samples) = scrape_until(&running, |samples| samples.get(failed) == Some(&3.0)).await;
+    assert_eq!(samples.get(failed), Some(&3.0), "{text}");
+    assert_eq!(
+        samples.get("gatehouse_log_lines_dropped_total{reason=\"queue_full\"}"),
+        Some(&0.0),
+        "{text}"
+    );
+}
+
 #[test]
 fn shipped_alert_rules_are_valid() {
     let output = std::process::Command::new("promtool")
