@@ -289,3 +289,60 @@ async fn listeners_are_added_and_closed_by_a_reload_and_a_busy_port_fails_only_t
     assert_eq!(served_at(added_addr).await, StatusCode::OK);
     drop(busy);
 }
+
+/// Successful reloads so far, from `/metrics`.
+async fn successful_reloads(running: &common::Running) -> f64 {
+    let text = common::admin_get(running, "/metrics").await.text();
+    common::samples(&text)
+        .get("gatehouse_config_reloads_total{result=\"success\"}")
+        .copied()
+        .unwrap_or_default()
+}
+
+/// One trigger is one reload. A reload opens and reads every file it names, and the watcher
+/// once took those reads for changes: after the first reload it reloaded again every debounce
+/// period, forever (and never before the first).
+#[tokio::test]
+async fn one_trigger_is_exactly_one_reload_over_many_debounce_periods() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("[reload]\nwatch_debounce = \"100ms\"\n");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    let main = fixture.path("gatehouse.toml");
+    let _watcher = gatehouse::watch::spawn(running.proxy().shared(), main.clone()).unwrap();
+    let ten_debounce_periods = std::time::Duration::from_millis(1000);
+
+    tokio::time::sleep(ten_debounce_periods).await;
+    assert_eq!(successful_reloads(&running).await, 0.0, "reloaded with nothing changed");
+
+    // A reload asked for through the API (as SIGHUP and POST /reload do).
+    running.proxy().reload(&main, ReloadTrigger::Api).unwrap();
+    tokio::time::sleep(ten_debounce_periods).await;
+    assert_eq!(
+        successful_reloads(&running).await,
+        1.0,
+        "one requested reload became several"
+    );
+
+    // One changed file.
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test", "www.apps.test"], &[app.addr], ""),
+    );
+    let (_, seen) = common::scrape_until(&running, |samples| {
+        samples.get("gatehouse_config_reloads_total{result=\"success\"}") >= Some(&2.0)
+    })
+    .await;
+    assert_eq!(seen["gatehouse_config_reloads_total{result=\"success\"}"], 2.0);
+    tokio::time::sleep(ten_debounce_periods).await;
+    assert_eq!(
+        successful_reloads(&running).await,
+        2.0,
+        "one file change became several reloads"
+    );
+    assert_eq!(
+        running.proxy().snapshot().summary.environments[0].domains,
+        ["shop.apps.test", "www.apps.test"]
+    );
+}
