@@ -63,6 +63,8 @@ struct Loaded {
     _dir: tempfile::TempDir,
     main_file: std::path::PathBuf,
     snapshot: Snapshot,
+    /// The registry a running proxy records into.
+    metrics: Metrics,
     /// The last environment: the one a linear scan would reach last.
     last: usize,
     inside: IpAddr,
@@ -72,9 +74,8 @@ fn loaded(environments: usize) -> Loaded {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), environments);
     let main_file = dir.path().join("gatehouse.toml");
-    let mut snapshot = snapshot::load(&main_file).unwrap_or_else(|errors| panic!("{errors}"));
+    let snapshot = snapshot::load(&main_file).unwrap_or_else(|errors| panic!("{errors}"));
     let metrics = Metrics::new().expect("metrics");
-    metrics.adopt(&mut snapshot, 1);
     let last = snapshot
         .environments
         .iter()
@@ -88,6 +89,7 @@ fn loaded(environments: usize) -> Loaded {
         _dir: dir,
         main_file,
         snapshot,
+        metrics,
         last,
         inside,
     }
@@ -146,8 +148,9 @@ fn per_request(c: &mut Criterion) {
             )
         });
         group.bench_function(BenchmarkId::new("metrics_recording", environments), |b| {
+            // The series a running proxy's live state holds for the environment.
+            let metrics = setup.metrics.environment(&environment.name);
             b.iter(|| {
-                let metrics = &environment.metrics;
                 metrics.request_done(&Method::GET, StatusCode::OK, std::time::Duration::from_micros(250));
                 metrics.upstream_answered(std::time::Duration::from_micros(200));
                 metrics.bytes(0, 1234);

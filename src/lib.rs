@@ -13,10 +13,12 @@
 //!   re-resolves host names and closes idle connections, and survives reloads that leave it alone.
 
 pub mod access;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod headers;
+pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod pages;

@@ -17,7 +17,6 @@ use prometheus::{
 };
 
 use crate::access::profile::{AllowReason, Decision, DenyReason};
-use crate::snapshot::Snapshot;
 
 /// Label value for requests that matched no environment (404, 400 before routing, 421).
 /// Environment names cannot start with '_', so it cannot collide with one.
@@ -369,28 +368,31 @@ impl Metrics {
             .clone()
     }
 
-    /// Attach metric handles to a snapshot about to be installed, and publish what it says about
-    /// itself (generation, hash, certificate expiry).
-    pub fn adopt(&self, snapshot: &mut Snapshot, generation: u64) {
-        for environment in &mut snapshot.environments {
-            environment.metrics = self.environment(&environment.name);
-        }
-        snapshot.unrouted_metrics = self.environment(UNROUTED);
+    /// Publish what a configuration being installed says about itself: its generation, the
+    /// SHA-256 of its files, and the end of validity of the certificate served for each
+    /// (environment, domain).
+    pub fn configuration_installed<'a>(
+        &self,
+        generation: u64,
+        sha256: &str,
+        certificate_expiry: impl Iterator<Item = (&'a str, &'a str, i64)>,
+    ) {
         self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
-        self.last_reload.set(crate::snapshot::summary::unix_now() as f64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_reload.set(now.as_secs() as f64);
         self.config_info.reset();
-        if let Ok(info) = self.config_info.get_metric_with_label_values(&[&snapshot.sha256]) {
+        if let Ok(info) = self.config_info.get_metric_with_label_values(&[sha256]) {
             info.set(1);
         }
         self.certificate_expiry.reset();
-        for environment in &snapshot.summary.environments {
-            for (domain, not_after) in &environment.domain_expiry {
-                if let Ok(gauge) = self
-                    .certificate_expiry
-                    .get_metric_with_label_values(&[&environment.name, domain])
-                {
-                    gauge.set(*not_after as f64);
-                }
+        for (environment, domain, not_after) in certificate_expiry {
+            if let Ok(gauge) = self
+                .certificate_expiry
+                .get_metric_with_label_values(&[environment, domain])
+            {
+                gauge.set(not_after as f64);
             }
         }
     }
@@ -410,7 +412,7 @@ impl Metrics {
     }
 
     /// A series of `gatehouse_tls_handshakes_total`, to be resolved once per policy.
-    pub fn handshake_counter(&self, version: &str, policy: &str) -> Option<IntCounter> {
+    fn handshake_counter(&self, version: &str, policy: &str) -> Option<IntCounter> {
         self.handshakes
             .get_metric_with_label_values(&["success", version, policy])
             .ok()
@@ -439,6 +441,32 @@ impl Metrics {
     }
 }
 
+/// The successful handshakes of one TLS policy (by its label), for TLS 1.3 and 1.2, each series
+/// resolved the first time it is counted, so that versions a policy never saw are not exported.
+#[derive(Debug)]
+pub struct HandshakeCounters {
+    policy: Box<str>,
+    by_version: [OnceLock<IntCounter>; 2],
+}
+
+impl HandshakeCounters {
+    pub fn new(policy: &str) -> Self {
+        Self {
+            policy: policy.into(),
+            by_version: Default::default(),
+        }
+    }
+
+    /// Count one successful handshake.
+    pub fn count(&self, metrics: &Metrics, tls12: bool) {
+        let (index, version) = if tls12 { (1, "TLSv1.2") } else { (0, "TLSv1.3") };
+        let slot = &self.by_version[index];
+        if let Some(counter) = resolve(slot, || metrics.handshake_counter(version, &self.policy)) {
+            counter.inc();
+        }
+    }
+}
+
 /// Decrements the open-connections gauge when the connection ends.
 #[derive(Debug)]
 pub struct ConnectionGuard(IntGauge);
@@ -450,11 +478,10 @@ impl Drop for ConnectionGuard {
 }
 
 /// One environment's series, resolved on first use.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EnvironmentMetrics {
     name: Box<str>,
-    /// `None` for a snapshot that no running proxy adopted (tests, `check`): nothing is recorded.
-    families: Option<Arc<Families>>,
+    families: Arc<Families>,
     requests: [[OnceLock<IntCounter>; 5]; 8],
     request_duration: OnceLock<Histogram>,
     upstream_duration: OnceLock<Histogram>,
@@ -506,20 +533,29 @@ impl EnvironmentMetrics {
     fn attached(name: &str, families: Arc<Families>) -> Self {
         Self {
             name: name.into(),
-            families: Some(families),
-            ..Self::default()
+            families,
+            requests: Default::default(),
+            request_duration: OnceLock::new(),
+            upstream_duration: OnceLock::new(),
+            received_bytes: OnceLock::new(),
+            sent_bytes: OnceLock::new(),
+            decisions: Default::default(),
+            upstream_errors: Default::default(),
+            retries: OnceLock::new(),
+            ejections: OnceLock::new(),
+            health_checks: Default::default(),
         }
     }
 
     fn counter(&self, slot: &OnceLock<IntCounter>, pick: impl FnOnce(&Families) -> &IntCounterVec, labels: &[&str]) {
-        let Some(families) = &self.families else { return };
+        let families = &self.families;
         if let Some(counter) = resolve(slot, || pick(families).get_metric_with_label_values(labels).ok()) {
             counter.inc();
         }
     }
 
     pub fn request_done(&self, method: &Method, status: StatusCode, duration: Duration) {
-        let Some(families) = &self.families else { return };
+        let families = &self.families;
         let method_slot = method_index(method);
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         let method_label = METHODS[method_slot];
@@ -543,7 +579,7 @@ impl EnvironmentMetrics {
     }
 
     pub fn upstream_answered(&self, duration: Duration) {
-        let Some(families) = &self.families else { return };
+        let families = &self.families;
         if let Some(histogram) = resolve(&self.upstream_duration, || {
             families
                 .upstream_duration
@@ -587,7 +623,7 @@ impl EnvironmentMetrics {
     }
 
     pub fn bytes(&self, received: u64, sent: u64) {
-        let Some(families) = &self.families else { return };
+        let families = &self.families;
         if received > 0
             && let Some(counter) = resolve(&self.received_bytes, || {
                 families.received_bytes.get_metric_with_label_values(&[&self.name]).ok()

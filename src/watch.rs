@@ -39,7 +39,7 @@ pub fn spawn(shared: Arc<Shared>, main_file: PathBuf) -> notify::Result<tokio::t
             if !relevant(&shared, &path) {
                 continue;
             }
-            let debounce = shared.snapshot.load().settings.watch_debounce;
+            let debounce = shared.installed.load().snapshot.settings.watch_debounce;
             // Wait for quiet: every further event restarts the wait.
             loop {
                 match tokio::time::timeout(debounce, receiver.recv()).await {
@@ -58,7 +58,7 @@ pub fn spawn(shared: Arc<Shared>, main_file: PathBuf) -> notify::Result<tokio::t
 }
 
 fn watch_folders(shared: &Shared, watcher: &mut notify::RecommendedWatcher, watched: &mut HashSet<PathBuf>) {
-    let snapshot = shared.snapshot.load();
+    let snapshot = shared.snapshot();
     let folders = snapshot
         .inputs
         .iter()
@@ -94,7 +94,7 @@ fn can_change_content(kind: &EventKind) -> bool {
 /// A change to a file the configuration reads, a new or removed environment file, or a
 /// Kubernetes-style `..data` symlink swap.
 fn relevant(shared: &Shared, path: &Path) -> bool {
-    let snapshot = shared.snapshot.load();
+    let snapshot = shared.snapshot();
     if snapshot.inputs.iter().any(|input| input == path) {
         return true;
     }

@@ -17,12 +17,13 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::client_address::ClientAddress;
-use super::observe::{CountedBody, Details, ReceivedBytes};
+use super::observe::Details;
 use super::upgrade;
 use super::{ConnectionInfo, RequestContext};
+use crate::body::{CountedBody, ReceivedBytes};
+use crate::live::Served;
 use crate::metrics::UpstreamError;
 use crate::pages::{ResponseBody, page};
-use crate::snapshot::Environment;
 use crate::upstream::exchange::{self, Answered, Failed, Failure, Outgoing, Policy};
 use crate::upstream::{Deadlines, UpstreamBody};
 
@@ -114,6 +115,7 @@ pub fn prepare(
     let upgrade_protocol = upgrade::requested_protocol(&request);
     // Upgraded connections live as long as their users want; every other exchange has its limit.
     let total_deadline = environment
+        .config
         .total_timeout
         .filter(|_| upgrade_protocol.is_none())
         .map(|total| tokio::time::Instant::now() + total);
@@ -132,7 +134,7 @@ pub fn prepare(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
-    let limit = environment.max_request_body;
+    let limit = environment.config.max_request_body;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -145,7 +147,7 @@ pub fn prepare(
     let exceeded =
         (declared.is_none() && !http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
     let received = ReceivedBytes {
-        metrics: environment.metrics.clone(),
+        metrics: environment.live.metrics.clone(),
         limit,
         exceeded: exceeded.clone(),
     };
@@ -156,8 +158,8 @@ pub fn prepare(
             upgrade,
         },
         policy: Policy {
-            retries: environment.retries,
-            response_timeout: environment.response_timeout,
+            retries: environment.config.retries,
+            response_timeout: environment.config.response_timeout,
         },
         downstream_upgrade: upgrade.then(|| connection.upgrade.wait_for_client()),
         total_deadline,
@@ -178,7 +180,7 @@ pub fn prepare(
     reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
 )]
 pub fn forward<'a>(
-    admitted: Result<(&'a Environment, Prepared), Response<ResponseBody>>,
+    admitted: Result<(Served<'a>, Prepared), Response<ResponseBody>>,
     details: &'a mut Details,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'a {
     async move {
@@ -197,11 +199,11 @@ pub fn forward<'a>(
             Ok(admitted) => admitted,
             Err(answer) => return answer,
         };
-        let sending = exchange::send(&environment.upstream, outgoing, policy);
+        let sending = exchange::send(&environment.live.upstream, outgoing, policy);
         let outcome = match total_deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, sending).await.unwrap_or_else(|_| {
                 Err(Failed {
-                    failure: Failure::Timeout(environment.total_timeout.unwrap_or_default()),
+                    failure: Failure::Timeout(environment.config.total_timeout.unwrap_or_default()),
                     instance: None,
                     waited: Duration::ZERO,
                 })
@@ -222,7 +224,7 @@ pub fn forward<'a>(
             waited,
         } = answered;
         details.upstream = Some((lease.instance().addr, waited));
-        environment.metrics.upstream_answered(waited);
+        environment.live.metrics.upstream_answered(waited);
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match downstream_upgrade {
@@ -234,7 +236,7 @@ pub fn forward<'a>(
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         let deadlines = Deadlines {
-            idle: environment.idle_timeout,
+            idle: environment.config.idle_timeout,
             total: total_deadline,
         };
         Response::from_parts(parts, Either::Left(UpstreamBody::new(body, deadlines, lease)))
@@ -243,9 +245,10 @@ pub fn forward<'a>(
 
 /// The answer when no instance answered: 503 (with the maintenance page) when none was
 /// available, 504 on a timeout, 413 for a body that outgrew its limit, else 502.
-fn failure_page(environment: &Environment, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
+fn failure_page(environment: Served<'_>, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
+    let (config, metrics) = (environment.config, &environment.live.metrics);
     let instance = failed.instance.map(|addr| addr.to_string()).unwrap_or_default();
-    tracing::warn!(environment = %environment.name, instance, error = %failed.failure, "upstream request failed");
+    tracing::warn!(environment = %config.name, instance, error = %failed.failure, "upstream request failed");
     let (status, kind) = match &failed.failure {
         Failure::NoInstance => (StatusCode::SERVICE_UNAVAILABLE, UpstreamError::NoInstance),
         Failure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, UpstreamError::Timeout),
@@ -253,17 +256,17 @@ fn failure_page(environment: &Environment, failed: &Failed, too_large: bool) -> 
         Failure::Broken(_) if too_large => return page(StatusCode::PAYLOAD_TOO_LARGE),
         Failure::Broken(_) => (StatusCode::BAD_GATEWAY, UpstreamError::Other),
     };
-    environment.metrics.upstream_failed(kind);
+    metrics.upstream_failed(kind);
     if status != StatusCode::SERVICE_UNAVAILABLE {
         return page(status);
     }
-    let mut response = match &environment.maintenance_page {
+    let mut response = match &config.maintenance_page {
         Some(custom) => custom.respond(status),
         None => page(status),
     };
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, environment.maintenance_retry_after.clone());
+        .insert(header::RETRY_AFTER, config.maintenance_retry_after.clone());
     response
 }
 

@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 
 use crate::access;
 use crate::access::profile::{CertificateStatus, ClientCa};
+use crate::live::{Installed, Served};
 use crate::pages::{ResponseBody, page};
 use crate::route::MalformedHost;
 use crate::server::Shared;
@@ -149,7 +150,8 @@ pub fn handle(
     async move {
         let (shared, connection): (&Shared, &ConnectionInfo) = (&shared, &connection);
         let started = Instant::now();
-        let snapshot = shared.snapshot.load_full();
+        let installed = shared.installed.load_full();
+        let snapshot = &*installed.snapshot;
         // The connection's last request: answered, then the connection finishes (HTTP/1.1 closes,
         // HTTP/2 sends GOAWAY), so that no client holds one connection forever.
         let served = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
@@ -164,7 +166,7 @@ pub fn handle(
         let admitted = admit(
             shared,
             connection,
-            &snapshot,
+            &installed,
             host.clone(),
             &request_id,
             request,
@@ -173,9 +175,9 @@ pub fn handle(
         let mut response = forward::forward(admitted, &mut details).await;
         // The environment's header policy covers its every answer, gatehouse's own pages included;
         // without an environment (400, 404, 421) the platform's own headers apply.
-        let environment = details.environment.and_then(|index| snapshot.environments.get(index));
+        let environment = details.environment.and_then(|index| installed.environment(index));
         match environment {
-            Some(environment) => environment.headers.apply(response.headers_mut()),
+            Some(environment) => environment.config.headers.apply(response.headers_mut()),
             None => snapshot.unrouted_headers.apply(response.headers_mut()),
         }
 
@@ -187,12 +189,12 @@ pub fn handle(
             }
             connection.retire.notify_one();
         }
-        let metrics = environment.map_or_else(|| snapshot.unrouted_metrics.clone(), |env| env.metrics.clone());
+        let metrics = environment.map_or_else(|| installed.unrouted_metrics().clone(), |env| env.live.metrics.clone());
         let status = response.status();
         let log = logged_uri.map(|uri| {
             let entry = AccessEntry {
                 request_id,
-                environment: environment.map(|env| env.name.clone()),
+                environment: environment.map(|env| env.config.name.clone()),
                 client: client_text(details.client, connection),
                 method: method.clone(),
                 host,
@@ -229,12 +231,13 @@ pub fn handle(
 fn admit<'a>(
     shared: &Shared,
     connection: &ConnectionInfo,
-    snapshot: &'a Snapshot,
+    installed: &'a Installed,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
     request: Request<Incoming>,
     details: &mut Details,
-) -> Result<(&'a Environment, forward::Prepared), Response<ResponseBody>> {
+) -> Result<(Served<'a>, forward::Prepared), Response<ResponseBody>> {
+    let snapshot = &*installed.snapshot;
     let uri_bytes = request.uri().path_and_query().map_or(0, |path| path.as_str().len());
     if uri_bytes > snapshot.settings.max_uri_bytes {
         return Err(page(StatusCode::URI_TOO_LONG));
@@ -256,7 +259,7 @@ fn admit<'a>(
     if !same_policy {
         return Err(page(StatusCode::MISDIRECTED_REQUEST));
     }
-    let Some(environment) = snapshot.environments.get(route.environment) else {
+    let Some(environment) = installed.environment(route.environment) else {
         return Err(page(StatusCode::NOT_FOUND));
     };
     details.environment = Some(route.environment);
@@ -266,7 +269,7 @@ fn admit<'a>(
         &snapshot.settings.trusted_forwarders,
     );
     details.client = Some(client.ip);
-    if let Some(limiter) = &environment.rate_limiter
+    if let Some(limiter) = &environment.live.rate_limiter
         && let Err(wait) = limiter.check(client.ip)
     {
         let mut refusal = page(StatusCode::TOO_MANY_REQUESTS);
@@ -305,7 +308,7 @@ fn client_text(resolved: Option<IpAddr>, connection: &ConnectionInfo) -> HeaderV
 pub struct RequestContext<'a> {
     pub shared: &'a Shared,
     pub connection: &'a ConnectionInfo,
-    pub environment: &'a Environment,
+    pub environment: Served<'a>,
     pub client: &'a ClientAddress,
     pub request_id: &'a HeaderValue,
 }
@@ -327,20 +330,20 @@ fn check_access<B>(
         request_id,
     } = *context;
     let path = request.uri().path();
-    let evaluation = access::evaluate(&snapshot.profiles, &environment.rules, path, client.ip, |ca| {
+    let evaluation = access::evaluate(&snapshot.profiles, &environment.config.rules, path, client.ip, |ca| {
         connection.certificate_status(ca)
     });
     match evaluation {
         Ok(evaluation) => {
             details.decision = Some(evaluation.decision);
-            environment.metrics.decided(evaluation.decision);
+            environment.live.metrics.decided(evaluation.decision);
             if evaluation.decision.is_allowed() {
                 return None;
             }
             let rule = evaluation.rule.map_or("", |rule| rule.prefix);
             audit_denial(
                 shared,
-                environment,
+                environment.config,
                 client.ip,
                 host,
                 path,
@@ -348,13 +351,13 @@ fn check_access<B>(
                 evaluation.decision,
                 request_id,
             );
-            Some(match &environment.forbidden_page {
+            Some(match &environment.config.forbidden_page {
                 Some(custom) => custom.respond(StatusCode::FORBIDDEN),
                 None => page(StatusCode::FORBIDDEN),
             })
         }
         Err(err) => {
-            tracing::info!(target: "gatehouse::access", environment = %environment.name, client = %client.ip, path, error = %err, "path refused");
+            tracing::info!(target: "gatehouse::access", environment = %environment.config.name, client = %client.ip, path, error = %err, "path refused");
             Some(page(StatusCode::BAD_REQUEST))
         }
     }

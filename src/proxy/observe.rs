@@ -3,19 +3,15 @@
 //! the client went away, so durations and byte counts are the real ones.
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Method, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
 use serde::Serialize;
 
 use crate::access::profile::Decision;
+use crate::body::{CountingBody, Settle};
 use crate::logs::{AccessFormat, LogSink, push_common_log_time, rfc3339_now};
 use crate::metrics::EnvironmentMetrics;
 
@@ -58,26 +54,6 @@ pub struct Exchange {
     pub log: Option<(Box<AccessEntry>, LogSink)>,
 }
 
-/// What happens with a body's byte count once the body is dropped (sent in full, or abandoned).
-pub trait Settle {
-    fn settle(self, bytes: u64);
-
-    /// Bytes the body may carry; more ends it with [`BodyTooLarge`].
-    fn limit(&self) -> u64 {
-        u64::MAX
-    }
-
-    /// Called once when the body went over its limit.
-    fn exceeded(&self) {}
-}
-
-/// A request body that went over its environment's `max_request_body`.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body is larger than this site accepts")]
-pub struct BodyTooLarge;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 impl Settle for Exchange {
     /// The response body is done: record the request's metrics and its access log line.
     fn settle(self, sent: u64) {
@@ -90,98 +66,8 @@ impl Settle for Exchange {
     }
 }
 
-/// The request body: count what the client sent, and hold it to the environment's limit.
-#[derive(Debug)]
-pub struct ReceivedBytes {
-    pub metrics: Arc<EnvironmentMetrics>,
-    pub limit: u64,
-    /// Set when the body went over `limit`, for the request path to answer 413.
-    pub exceeded: Option<Arc<AtomicBool>>,
-}
-
-impl Settle for ReceivedBytes {
-    fn settle(self, received: u64) {
-        self.metrics.bytes(received, 0);
-    }
-
-    fn limit(&self) -> u64 {
-        self.limit
-    }
-
-    fn exceeded(&self) {
-        if let Some(flag) = &self.exceeded {
-            flag.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-/// A body that counts the data bytes passing through and settles the count when dropped.
-#[derive(Debug)]
-pub struct CountingBody<B, S: Settle> {
-    inner: B,
-    bytes: u64,
-    settle: Option<S>,
-}
-
-/// A response body recording its exchange; a request body counting what the client sent.
+/// A response body recording its exchange when it ends.
 pub type ObservedBody<B> = CountingBody<B, Exchange>;
-pub type CountedBody<B> = CountingBody<B, ReceivedBytes>;
-
-impl<B, S: Settle> CountingBody<B, S> {
-    pub fn new(inner: B, settle: S) -> Self {
-        Self {
-            inner,
-            bytes: 0,
-            settle: Some(settle),
-        }
-    }
-}
-
-impl<B, S> Body for CountingBody<B, S>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-    S: Settle + Unpin,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(polled) => polled,
-        };
-        let Some(Ok(frame)) = polled else {
-            return Poll::Ready(polled.map(|result| result.map_err(Into::into)));
-        };
-        if let Some(data) = frame.data_ref() {
-            self.bytes += data.len() as u64;
-            if let Some(settle) = &self.settle
-                && self.bytes > settle.limit()
-            {
-                settle.exceeded();
-                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B, S: Settle> Drop for CountingBody<B, S> {
-    fn drop(&mut self) {
-        if let Some(settle) = self.settle.take() {
-            settle.settle(self.bytes);
-        }
-    }
-}
 
 #[derive(Serialize)]
 struct JsonLine<'a> {

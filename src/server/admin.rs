@@ -44,7 +44,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _peer: SocketAddr) {
 /// `POST /reload` (what `gatehouse reload` sends): reload the configuration files the running
 /// configuration came from. 200 when installed; 422 with the errors when refused.
 async fn reload(shared: Arc<Shared>) -> Response<Full<Bytes>> {
-    let main_file = shared.snapshot.load().summary.main_file.clone();
+    let main_file = shared.installed.load().snapshot.summary.main_file.clone();
     let reloading = shared.clone();
     let outcome = tokio::task::spawn_blocking(move || reloading.reload(&main_file, ReloadTrigger::Admin)).await;
     match outcome {
@@ -69,7 +69,9 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
     }
     match request.uri().path() {
         "/metrics" => {
-            shared.metrics.set_instance_states(&shared.upstreams.states());
+            shared
+                .metrics
+                .set_instance_states(&crate::upstream::states(&shared.live.upstream_groups()));
             let mut response = text(StatusCode::OK, shared.metrics.render());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -90,7 +92,8 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
             response
         }
         "/upstreams" => {
-            let report = serde_json::to_string_pretty(&shared.upstreams.report()).unwrap_or_default();
+            let report = serde_json::to_string_pretty(&crate::upstream::report(&shared.live.upstream_groups()))
+                .unwrap_or_default();
             let mut response = text(StatusCode::OK, report);
             response
                 .headers_mut()
@@ -156,7 +159,7 @@ fn certificate_view(certificate: &CertificateSummary, now: i64) -> CertificateVi
 
 /// What is in force, for operators: no key, no key path, no secret.
 fn config_json(shared: &Shared) -> String {
-    let snapshot = shared.snapshot.load_full();
+    let snapshot = shared.snapshot();
     let summary = &snapshot.summary;
     let now = unix_now();
     let view = ConfigView {

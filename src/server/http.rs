@@ -49,7 +49,7 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, mut tls
 /// rustls for hyper to read). Bounded by the time hyper gives a request head; false if the
 /// client left or sent nothing in that time.
 async fn first_bytes(shared: &Shared, tls: &mut ClientTls) -> bool {
-    let header_timeout = shared.snapshot.load().settings.request_header_timeout;
+    let header_timeout = shared.installed.load().snapshot.settings.request_header_timeout;
     matches!(tokio::time::timeout(header_timeout, tls.fill_buf()).await, Ok(Ok(first)) if !first.is_empty())
 }
 
@@ -138,7 +138,7 @@ fn http2_connection(
     connection: Arc<ConnectionInfo>,
     io: TokioIo<ClientTls>,
 ) -> impl GracefulConnection<Output = hyper::Result<()>> + Send + use<> {
-    let settings = &shared.snapshot.load().settings;
+    let settings = &shared.installed.load().snapshot.settings;
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_concurrent_streams)

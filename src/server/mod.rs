@@ -1,8 +1,9 @@
 //! The running proxy: listeners, TLS handshakes, HTTP connections, the admin listener.
 //!
 //! [`Proxy::start`] binds every listener of a snapshot and serves until dropped or shut down.
-//! The snapshot lives in an `ArcSwap`: [`Proxy::install`] and [`Proxy::reload`] replace it, and
-//! every new handshake and request reads the new one while in-flight work finishes on the old.
+//! The snapshot, paired with its live state ([`crate::live::Installed`]), lives in an `ArcSwap`:
+//! [`Proxy::install`] and [`Proxy::reload`] replace the pair, and every new handshake and request
+//! reads the new one while in-flight work finishes on the old.
 
 mod admin;
 pub mod admin_client;
@@ -29,6 +30,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, ConfigErrors};
+use crate::live::{Installed, LiveState};
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
 use crate::proxy::forward::RequestIds;
@@ -37,9 +39,10 @@ use listeners::ListenerSet;
 
 /// State shared by every connection and request.
 pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    /// Every environment's instances, health and pools, across reloads.
-    pub upstreams: crate::upstream::Upstreams,
+    /// The configuration in force with its live state, swapped as a whole.
+    pub installed: ArcSwap<Installed>,
+    /// Every environment's metrics, limiters, instances, health and pools, across reloads.
+    pub live: LiveState,
     pub request_ids: RequestIds,
     pub metrics: Arc<Metrics>,
     pub access_log: LogSink,
@@ -56,24 +59,25 @@ pub struct Shared {
     listeners: Mutex<ListenerSet>,
     /// Connection limits, checked once per connection.
     pub gate: gate::ConnectionGate,
-    /// Per-client rate limiters of every environment, across reloads.
-    pub rate_limits: crate::rate_limit::RateLimits,
 }
 
 impl Shared {
     /// Make `snapshot` the configuration for every request and handshake from now on.
-    pub fn install(&self, mut snapshot: Snapshot) {
+    pub fn install(&self, snapshot: Snapshot) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.metrics.adopt(&mut snapshot, generation);
-        self.rate_limits.attach(&mut snapshot);
-        self.upstreams.attach(&mut snapshot, &self.metrics);
-        self.snapshot.store(Arc::new(snapshot));
+        let installed = self.live.reconcile(Arc::new(snapshot), generation);
+        self.installed.store(Arc::new(installed));
+    }
+
+    /// The configuration in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.installed.load().snapshot.clone()
     }
 
     /// Load, validate and compile the configuration at `main_file` off the request path, and
     /// install it only if all of it is valid. Counted, and written to the audit log either way.
     pub fn reload(self: &Arc<Self>, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
-        let old = self.snapshot.load_full();
+        let old = self.snapshot();
         match crate::snapshot::load(main_file) {
             Ok(snapshot) => {
                 let mut listeners = self.listeners();
@@ -184,21 +188,18 @@ pub struct Proxy {
 
 impl Proxy {
     /// Bind the snapshot's listeners and start serving. Must run inside a tokio runtime.
-    pub async fn start(mut snapshot: Snapshot) -> Result<Self, StartError> {
+    pub async fn start(snapshot: Snapshot) -> Result<Self, StartError> {
         let prepared = ListenerSet::default().prepare(&snapshot.settings)?;
         let admin = snapshot.settings.admin.map(listeners::bind).transpose()?;
         let metrics = Arc::new(Metrics::new()?);
-        metrics.adopt(&mut snapshot, 1);
-        let rate_limits = crate::rate_limit::RateLimits::default();
-        rate_limits.attach(&mut snapshot);
-        let upstreams = crate::upstream::Upstreams::default();
-        upstreams.attach(&mut snapshot, &metrics);
+        let live = LiveState::new(metrics.clone());
         let settings = snapshot.settings.clone();
+        let installed = live.reconcile(Arc::new(snapshot), 1);
         let shared = Arc::new(Shared {
-            upstreams,
-            access_log: LogSink::start(snapshot.settings.access_log.clone(), metrics.clone()),
-            audit_log: LogSink::start(snapshot.settings.audit_log.clone(), metrics.clone()),
-            snapshot: ArcSwap::from_pointee(snapshot),
+            live,
+            access_log: LogSink::start(settings.access_log.clone(), metrics.clone()),
+            audit_log: LogSink::start(settings.audit_log.clone(), metrics.clone()),
+            installed: ArcSwap::from_pointee(installed),
             request_ids: RequestIds::new(),
             metrics,
             ready: AtomicBool::new(false),
@@ -207,7 +208,6 @@ impl Proxy {
             open_connections: AtomicUsize::new(0),
             listeners: Mutex::new(ListenerSet::default()),
             gate: gate::ConnectionGate::default(),
-            rate_limits,
         });
         // Idle rate-limit buckets are dropped every few seconds, off the request path.
         let tidying = Arc::downgrade(&shared);
@@ -216,7 +216,7 @@ impl Proxy {
             loop {
                 every.tick().await;
                 let Some(shared) = tidying.upgrade() else { return };
-                shared.rate_limits.tidy();
+                shared.live.tidy();
             }
         });
         shared.listeners().commit(prepared, &settings, &shared);
@@ -267,7 +267,7 @@ impl Proxy {
 
     /// The configuration currently in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.snapshot.load_full()
+        self.shared.snapshot()
     }
 
     /// Stop gracefully: stop accepting, report not ready, ask every open connection to finish
@@ -275,7 +275,7 @@ impl Proxy {
     /// to the drain time. Returns the number of connections still open when it gave up.
     pub async fn shutdown(&self) -> usize {
         self.stop_accepting();
-        let drain_timeout = self.shared.snapshot.load().settings.shutdown_drain_timeout;
+        let drain_timeout = self.shared.installed.load().snapshot.settings.shutdown_drain_timeout;
         let deadline = tokio::time::Instant::now() + drain_timeout;
         // The listening sockets close when their (aborted) accept tasks end.
         while !self.shared.listeners().all_closed() && tokio::time::Instant::now() < deadline {

@@ -19,7 +19,7 @@ use crate::route::{MAX_HOST_LEN, normalize_host};
 
 pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let (header_timeout, proxy_protocol, max_total, max_per_client) = {
-        let settings = &shared.snapshot.load().settings;
+        let settings = &shared.installed.load().snapshot.settings;
         (
             settings.request_header_timeout,
             settings.proxy_protocol,
@@ -76,7 +76,8 @@ fn redirect(shared: &Shared, request: &Request<Incoming>) -> Response<ResponseBo
     let Some(host) = normalize_host(raw_host.as_bytes(), &mut buffer) else {
         return page(StatusCode::BAD_REQUEST);
     };
-    let snapshot = shared.snapshot.load();
+    let installed = shared.installed.load();
+    let snapshot = &installed.snapshot;
     if snapshot.routes.lookup(host).is_none() {
         return page(StatusCode::NOT_FOUND);
     }

@@ -13,7 +13,7 @@ use super::Shared;
 use http::HeaderValue;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 
-use crate::metrics::HandshakeFailure;
+use crate::metrics::{HandshakeCounters, HandshakeFailure};
 use crate::proxy::{ClientCertificate, ConnectionInfo};
 use crate::tls::policy::TlsPolicy;
 
@@ -24,7 +24,7 @@ use crate::tls::policy::TlsPolicy;
 /// when they finish, and the task holds little more than the HTTP phase.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let (deadline, proxy_protocol, max_total, max_per_client) = {
-        let settings = &shared.snapshot.load().settings;
+        let settings = &shared.installed.load().snapshot.settings;
         (
             settings.tls_handshake_timeout,
             settings.proxy_protocol,
@@ -74,7 +74,7 @@ async fn establish(
     client: SocketAddr,
     deadline: tokio::time::Instant,
 ) -> Option<(ClientTls, Arc<ConnectionInfo>, bool)> {
-    let (tls, policy) = match tokio::time::timeout_at(deadline, handshake(shared, stream)).await {
+    let (tls, policy, handshakes) = match tokio::time::timeout_at(deadline, handshake(shared, stream)).await {
         Ok(Ok(done)) => done,
         Ok(Err(err)) => {
             handshake_failed(shared, peer, &err);
@@ -86,7 +86,10 @@ async fn establish(
         }
     };
     let session = tls.get_ref().1;
-    count_handshake(shared, &policy, session.protocol_version());
+    handshakes.count(
+        &shared.metrics,
+        session.protocol_version() == Some(ProtocolVersion::TLSv1_2),
+    );
     let alpn_h2 = session.alpn_protocol() == Some(b"h2");
     let client_certificate = session
         .peer_certificates()
@@ -116,34 +119,25 @@ fn handshake_timed_out(shared: &Shared, peer: SocketAddr) {
     shared.metrics.handshake_failed(HandshakeFailure::Timeout);
 }
 
-async fn handshake(shared: &Shared, stream: TcpStream) -> std::io::Result<(TlsStream<TcpStream>, TlsPolicy)> {
+/// The handshake under the policy that the ClientHello's SNI chooses, with that policy's
+/// handshake counters.
+async fn handshake(
+    shared: &Shared,
+    stream: TcpStream,
+) -> std::io::Result<(TlsStream<TcpStream>, TlsPolicy, Arc<HandshakeCounters>)> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let policy = {
-        let snapshot = shared.snapshot.load();
-        snapshot.policy_for_sni(start.client_hello().server_name()).clone()
+    let (policy, handshakes) = {
+        let installed = shared.installed.load();
+        let index = installed
+            .snapshot
+            .policy_index_for_sni(start.client_hello().server_name());
+        let policy = index
+            .and_then(|index| installed.snapshot.policies.get(index))
+            .unwrap_or(&installed.snapshot.platform_policy);
+        (policy.clone(), installed.handshake_counters(index).clone())
     };
     let tls = start.into_stream(policy.server_config.clone()).await?;
-    Ok((tls, policy))
-}
-
-fn count_handshake(shared: &Shared, policy: &TlsPolicy, version: Option<ProtocolVersion>) {
-    let (index, label) = match version {
-        Some(ProtocolVersion::TLSv1_2) => (1, "TLSv1.2"),
-        _ => (0, "TLSv1.3"),
-    };
-    let Some(slot) = policy.handshake_counters.get(index) else {
-        return;
-    };
-    let counter = match slot.get() {
-        Some(counter) => Some(counter),
-        None => shared
-            .metrics
-            .handshake_counter(label, &policy.label)
-            .map(|counter| slot.get_or_init(|| counter)),
-    };
-    if let Some(counter) = counter {
-        counter.inc();
-    }
+    Ok((tls, policy, handshakes))
 }
 
 /// Sort a failed handshake into the reasons operators alert on.

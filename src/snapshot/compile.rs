@@ -76,7 +76,7 @@ struct EnvironmentDraft {
     name: String,
     file: PathBuf,
     domains: Vec<DomainDraft>,
-    upstream: crate::upstream::UpstreamGroup,
+    upstream: crate::upstream::spec::ResolvedUpstream,
     retries: u32,
     idle_timeout: Option<std::time::Duration>,
     total_timeout: Option<std::time::Duration>,
@@ -580,7 +580,7 @@ fn assemble(
                 })
                 .collect(),
         });
-        let mut environment = Environment::new(draft.name.into(), Arc::new(draft.upstream), draft.response_timeout);
+        let mut environment = Environment::new(draft.name.into(), draft.upstream, draft.response_timeout);
         environment.retries = draft.retries;
         environment.idle_timeout = draft.idle_timeout;
         environment.total_timeout = draft.total_timeout;
@@ -606,7 +606,6 @@ fn assemble(
         sha256: loaded.sha256.clone(),
         inputs: loaded.input_files(),
         environment_dir: loaded.environment_dir(),
-        unrouted_metrics: Arc::default(),
         unrouted_headers: HeaderPolicy::platform_defaults(),
         routes,
         environments,

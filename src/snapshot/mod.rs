@@ -1,8 +1,10 @@
-//! The compiled runtime view of the configuration: the only thing the request path reads.
+//! The compiled configuration: plain data (parsed settings, routes, rules, TLS configs, header
+//! values), with no live handle, metric or running task inside.
 //!
-//! A `Snapshot` is built once per load by [`compile`] and never changes afterwards. The running
-//! proxy holds the current one in an `ArcSwap`; a reload compiles a new one off the request path
-//! and stores it. Every request reads the snapshot that was current when it arrived.
+//! A `Snapshot` is built once per load by [`compile`] and never changes afterwards, so `check`,
+//! `explain`, the benches and the fuzz targets build and read it without a running proxy. A
+//! running proxy pairs it with its live state ([`crate::live`]) and swaps the pair as a whole;
+//! every request reads the pair that was current when it arrived.
 
 mod access;
 mod compile;
@@ -12,7 +14,6 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -22,11 +23,10 @@ use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
 use crate::config::ConfigErrors;
 use crate::headers::HeaderPolicy;
-use crate::metrics::EnvironmentMetrics;
 use crate::pages::CustomPage;
 use crate::route::{MAX_HOST_LEN, MalformedHost, Route, RouteTable, normalize_host};
 use crate::tls::policy::TlsPolicy;
-use crate::upstream::UpstreamGroup;
+use crate::upstream::spec::ResolvedUpstream;
 
 pub use compile::compile;
 pub use summary::Summary;
@@ -45,8 +45,6 @@ pub struct Snapshot {
     /// file watcher watches.
     pub inputs: Vec<std::path::PathBuf>,
     pub environment_dir: std::path::PathBuf,
-    /// Counted for requests that reach no environment.
-    pub unrouted_metrics: Arc<EnvironmentMetrics>,
     /// Headers on answers to requests that reach no environment (the platform defaults).
     pub unrouted_headers: HeaderPolicy,
     pub routes: RouteTable,
@@ -101,9 +99,8 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Environment {
     pub name: Box<str>,
-    /// The app instances, their health and pools (shared with the running proxy, which keeps
-    /// it across reloads while the upstream settings stay the same).
-    pub upstream: Arc<UpstreamGroup>,
+    /// The app instances: settings and resolved addresses.
+    pub upstream: ResolvedUpstream,
     /// Attempts after the first, on another instance, where repeating is safe.
     pub retries: u32,
     pub response_timeout: Duration,
@@ -118,20 +115,16 @@ pub struct Environment {
     pub max_request_body: u64,
     /// Per-client rate, if limited.
     pub rate: Option<crate::rate_limit::Rate>,
-    /// The buckets for `rate` (attached when a running proxy installs the snapshot).
-    pub rate_limiter: Option<Arc<crate::rate_limit::ClientLimiter>>,
     /// Path prefix → profile; empty means the environment is open.
     pub rules: PathRules,
     /// The environment's own 403 page, if any.
     pub forbidden_page: Option<CustomPage>,
     /// Response headers applied to every answer for this environment.
     pub headers: HeaderPolicy,
-    /// This environment's metric series (attached when a running proxy installs the snapshot).
-    pub metrics: Arc<EnvironmentMetrics>,
 }
 
 impl Environment {
-    pub fn new(name: Box<str>, upstream: Arc<UpstreamGroup>, response_timeout: Duration) -> Self {
+    pub fn new(name: Box<str>, upstream: ResolvedUpstream, response_timeout: Duration) -> Self {
         Self {
             name,
             upstream,
@@ -143,11 +136,9 @@ impl Environment {
             maintenance_retry_after: HeaderValue::from_static("30"),
             max_request_body: u64::MAX,
             rate: None,
-            rate_limiter: None,
             rules: PathRules::default(),
             forbidden_page: None,
             headers: HeaderPolicy::default(),
-            metrics: Arc::default(),
         }
     }
 }
@@ -163,8 +154,16 @@ impl Snapshot {
     /// The TLS policy for a ClientHello's SNI: the policy of the domain it names, else the
     /// platform policy (also when the client sent no SNI).
     pub fn policy_for_sni(&self, sni: Option<&str>) -> &TlsPolicy {
-        sni.and_then(|name| self.route(name.as_bytes()).ok().flatten())
-            .and_then(|route| self.policies.get(route.policy))
+        self.policy_index_for_sni(sni)
+            .and_then(|index| self.policies.get(index))
             .unwrap_or(&self.platform_policy)
+    }
+
+    /// The index in `policies` of the policy for a ClientHello's SNI; `None` for the platform
+    /// policy's fallback (no SNI, or a name no environment serves).
+    pub fn policy_index_for_sni(&self, sni: Option<&str>) -> Option<usize> {
+        sni.and_then(|name| self.route(name.as_bytes()).ok().flatten())
+            .map(|route| route.policy)
+            .filter(|&index| index < self.policies.len())
     }
 }

@@ -13,16 +13,17 @@ use crate::config::schema::{EnvironmentFile, HealthCheckSection, LoadBalancing, 
 use crate::config::{ConfigError, SourceFile};
 use crate::tls::material::ServingCertificate;
 use crate::tls::policy::crypto_provider;
-use crate::upstream::UpstreamGroup;
 use crate::upstream::resolve::resolve_all_blocking;
-use crate::upstream::spec::{Balance, HealthCheck, Outlier, PoolLimits, Target, UpstreamSpec, UpstreamTls};
+use crate::upstream::spec::{
+    Balance, HealthCheck, Outlier, PoolLimits, ResolvedUpstream, Target, UpstreamSpec, UpstreamTls,
+};
 
-/// The environment's upstream group, with its names resolved; `None` after reporting errors.
+/// The environment's upstream settings, with its names resolved; `None` after reporting errors.
 pub fn compile_upstream(
     file: &SourceFile<EnvironmentFile>,
     settings: &Settings,
     errors: &mut Vec<ConfigError>,
-) -> Option<UpstreamGroup> {
+) -> Option<ResolvedUpstream> {
     let before = errors.len();
     let value = &file.value;
     let targets = compile_targets(file, errors);
@@ -78,7 +79,7 @@ pub fn compile_upstream(
         resolve_interval: settings.resolve_interval,
     };
     match resolve_all_blocking(&spec.targets, &spec.resolver) {
-        Ok(addresses) => Some(UpstreamGroup::new(value.name.get_ref(), spec, addresses)),
+        Ok(addresses) => Some(ResolvedUpstream { spec, addresses }),
         Err(err) => {
             let span = value
                 .upstreams

@@ -13,7 +13,6 @@ use rustls::sign::SingleCertAndKey;
 use super::client_auth::DeferredClientAuth;
 use super::material::ServingCertificate;
 use crate::access::profile::ClientCa;
-use prometheus::IntCounter;
 
 /// The one crypto provider gatehouse uses: aws-lc-rs, for its fast AES-GCM and RSA and for the
 /// X25519MLKEM768 hybrid key exchange that current browsers offer.
@@ -69,8 +68,6 @@ pub struct TlsPolicy {
     /// Names the policy in metrics: `platform`, or the environment (and custom certificate
     /// name) it was made for.
     pub label: Arc<str>,
-    /// `gatehouse_tls_handshakes_total` series for TLS 1.3 and 1.2, resolved on first use.
-    pub handshake_counters: Arc<[OnceLock<IntCounter>; 2]>,
 }
 
 impl TlsPolicy {
@@ -98,7 +95,6 @@ impl TlsPolicy {
             server_config: Arc::new(config),
             client_cas: client_cas.into(),
             label: label.into(),
-            handshake_counters: Arc::default(),
         })
     }
 

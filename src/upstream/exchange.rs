@@ -240,7 +240,7 @@ async fn checkout_or_connect(
         timeout: spec.connect_timeout,
         tls: spec.tls.as_ref(),
         http1_only: upgrade,
-        counters: group.connections.get(),
+        counters: Some(&group.connections),
     };
     // Boxed: connecting is the rare path, and inline its state would make every request's
     // future (moved into its box per request) larger by its size.

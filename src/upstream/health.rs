@@ -56,9 +56,7 @@ async fn check_loop(group: Weak<UpstreamGroup>, check: HealthCheck) {
 }
 
 fn record_check(group: &UpstreamGroup, instance: &Instance, check: &HealthCheck, passed: Result<(), String>) {
-    if let Some(metrics) = group.metrics() {
-        metrics.health_checked(passed.is_ok());
-    }
+    group.metrics().health_checked(passed.is_ok());
     match (instance.checked(passed.is_ok(), group.now(), check), passed) {
         (Some(true), _) => {
             tracing::info!(environment = %group.environment, instance = %instance.label, "instance healthy again");
@@ -79,7 +77,7 @@ async fn check_once(group: &UpstreamGroup, instance: &Instance, check: &HealthCh
         timeout: check.timeout,
         tls: group.spec.tls.as_ref(),
         http1_only: false,
-        counters: group.connections.get(),
+        counters: Some(&group.connections),
     };
     let exchange = async {
         let sender = connect(instance, &settings).await.map_err(|err| err.to_string())?;

@@ -2,10 +2,10 @@
 //! how many requests each has in flight, their keep-alive connections, and how a request is
 //! sent to one of them (with a retry on another where that is safe).
 //!
-//! An environment's [`UpstreamGroup`] is built when its configuration is compiled. A running
-//! proxy keeps groups across reloads in [`Upstreams`]: when an environment's upstream settings
-//! are unchanged, the new snapshot gets the group already running, with its pool, health states
-//! and ejections, so a reload costs the apps nothing.
+//! The compiled configuration holds only an environment's settings and resolved addresses
+//! ([`spec::ResolvedUpstream`]). The running proxy's live state ([`crate::live`]) builds an
+//! [`UpstreamGroup`] from them and keeps it across reloads while the settings stay the same, with
+//! its pool, health states and ejections, so a reload costs the apps nothing.
 
 mod body;
 mod connect;
@@ -16,10 +16,9 @@ mod pool;
 pub mod resolve;
 pub mod spec;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::metrics::UpstreamConnections;
@@ -33,11 +32,10 @@ pub use body::{BodyTimedOut, Deadlines, UpstreamBody};
 pub use connect::client_configs;
 pub use instance::Instance;
 use instance::{Outcome, millis};
-use spec::{Balance, Target, UpstreamSpec};
+use spec::{Balance, ResolvedUpstream, Target, UpstreamSpec};
 
-use crate::metrics::{EnvironmentMetrics, Metrics};
-use crate::proxy::observe::CountedBody;
-use crate::snapshot::Snapshot;
+use crate::body::CountedBody;
+use crate::metrics::EnvironmentMetrics;
 
 /// What gatehouse sends to an instance: the client's body, or nothing (health checks, replays).
 pub type RequestBody = Either<CountedBody<Incoming>, Empty<Bytes>>;
@@ -50,16 +48,24 @@ pub struct UpstreamGroup {
     instances: ArcSwap<Vec<Arc<Instance>>>,
     next: AtomicUsize,
     epoch: Instant,
-    metrics: OnceLock<Arc<EnvironmentMetrics>>,
-    connections: OnceLock<UpstreamConnections>,
+    metrics: Arc<EnvironmentMetrics>,
+    connections: UpstreamConnections,
 }
 
 impl UpstreamGroup {
-    /// A group over already resolved addresses (each with the target it came from).
-    pub fn new(environment: &str, spec: UpstreamSpec, addresses: Vec<(SocketAddr, usize)>) -> Self {
-        let instances = addresses
-            .into_iter()
-            .map(|(addr, target)| Arc::new(Instance::new(addr, target, server_name(&spec, target))))
+    /// A group over already resolved addresses (each with the target it came from), recording
+    /// into the environment's `metrics`. Not yet checked: see [`UpstreamGroup::start`].
+    pub fn new(
+        environment: &str,
+        resolved: &ResolvedUpstream,
+        metrics: Arc<EnvironmentMetrics>,
+        connections: UpstreamConnections,
+    ) -> Self {
+        let spec = resolved.spec.clone();
+        let instances = resolved
+            .addresses
+            .iter()
+            .map(|&(addr, target)| Arc::new(Instance::new(addr, target, server_name(&spec, target))))
             .collect();
         Self {
             environment: environment.into(),
@@ -67,9 +73,22 @@ impl UpstreamGroup {
             instances: ArcSwap::from_pointee(instances),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
-            metrics: OnceLock::new(),
-            connections: OnceLock::new(),
+            metrics,
+            connections,
         }
+    }
+
+    /// A new group whose health checks, re-resolution and idle-connection housekeeping run from
+    /// now on, for as long as the group lives. Must run inside a tokio runtime.
+    pub fn start(
+        environment: &str,
+        resolved: &ResolvedUpstream,
+        metrics: Arc<EnvironmentMetrics>,
+        connections: UpstreamConnections,
+    ) -> Arc<Self> {
+        let group = Arc::new(Self::new(environment, resolved, metrics, connections));
+        health::supervise(&group);
+        group
     }
 
     /// Milliseconds since the group started: the clock of health states.
@@ -81,8 +100,8 @@ impl UpstreamGroup {
         self.instances.load()
     }
 
-    fn metrics(&self) -> Option<&EnvironmentMetrics> {
-        self.metrics.get().map(Arc::as_ref)
+    fn metrics(&self) -> &EnvironmentMetrics {
+        &self.metrics
     }
 
     /// The instance for the next request, never `avoid` unless it is the only one available;
@@ -132,9 +151,7 @@ impl UpstreamGroup {
     }
 
     fn retried(&self) {
-        if let Some(metrics) = self.metrics() {
-            metrics.upstream_retried();
-        }
+        self.metrics().upstream_retried();
     }
 
     /// Count a request's outcome on `instance`; eject it if it keeps failing.
@@ -148,9 +165,7 @@ impl UpstreamGroup {
         };
         if let Some(length) = instance.record(outcome, now, &self.spec.outlier, may_eject) {
             tracing::warn!(environment = %self.environment, instance = %instance.label, seconds = length / 1000, "instance ejected after consecutive failures");
-            if let Some(metrics) = self.metrics() {
-                metrics.instance_ejected();
-            }
+            self.metrics().instance_ejected();
         }
     }
 
@@ -213,96 +228,55 @@ pub struct InstanceReport {
     pub idle_connections: usize,
 }
 
-/// The groups of the configuration in force, by environment name, kept across reloads.
-#[derive(Debug, Default)]
-pub struct Upstreams {
-    groups: Mutex<HashMap<Box<str>, Arc<UpstreamGroup>>>,
+/// What `/upstreams` shows: every environment's instances and their state now.
+pub fn report(groups: &[Arc<UpstreamGroup>]) -> Vec<GroupReport> {
+    let mut report: Vec<GroupReport> = groups
+        .iter()
+        .map(|group| {
+            let now = group.now();
+            GroupReport {
+                environment: group.environment.to_string(),
+                load_balancing: match group.spec.balance {
+                    Balance::RoundRobin => "round_robin",
+                    Balance::LeastOutstanding => "least_outstanding",
+                },
+                instances: group
+                    .instances()
+                    .iter()
+                    .map(|instance| InstanceReport {
+                        address: instance.label.to_string(),
+                        upstream: group
+                            .spec
+                            .targets
+                            .get(instance.target)
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        available: instance.available(now),
+                        health_check_passing: instance.checked_healthy(),
+                        ejected: instance.ejected(now),
+                        requests_in_flight: instance.outstanding(),
+                        idle_connections: instance.pool.idle_count(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    report.sort_by(|a, b| a.environment.cmp(&b.environment));
+    report
 }
 
-impl Upstreams {
-    /// Give each environment of a snapshot about to be installed its running group: the one it
-    /// had if its upstream settings are unchanged (taking the addresses just resolved), else
-    /// the new one, whose health checks and housekeeping start now.
-    pub fn attach(&self, snapshot: &mut Snapshot, metrics: &Metrics) {
-        let mut known = self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut kept = HashMap::with_capacity(snapshot.environments.len());
-        for environment in &mut snapshot.environments {
-            let fresh = environment.upstream.clone();
-            let group = match known.remove(&environment.name) {
-                Some(running) if running.spec == fresh.spec => {
-                    let addresses: Vec<(SocketAddr, usize)> = fresh
-                        .instances()
-                        .iter()
-                        .map(|instance| (instance.addr, instance.target))
-                        .collect();
-                    running.replace_addresses(&addresses);
-                    running
-                }
-                _ => {
-                    let _ = fresh.metrics.set(environment.metrics.clone());
-                    let _ = fresh.connections.set(metrics.upstream_connections());
-                    health::supervise(&fresh);
-                    fresh
-                }
-            };
-            environment.upstream = group.clone();
-            kept.insert(environment.name.clone(), group);
+/// Every instance's availability, for the `gatehouse_upstream_instance_healthy` gauge.
+pub fn states(groups: &[Arc<UpstreamGroup>]) -> Vec<(Box<str>, Box<str>, bool)> {
+    let mut states = Vec::new();
+    for group in groups {
+        let now = group.now();
+        for instance in group.instances().iter() {
+            states.push((
+                group.environment.clone(),
+                instance.label.clone(),
+                instance.available(now),
+            ));
         }
-        *known = kept;
     }
-
-    /// What `/upstreams` shows: every environment's instances and their state now.
-    pub fn report(&self) -> Vec<GroupReport> {
-        let groups = self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut report: Vec<GroupReport> = groups
-            .values()
-            .map(|group| {
-                let now = group.now();
-                GroupReport {
-                    environment: group.environment.to_string(),
-                    load_balancing: match group.spec.balance {
-                        Balance::RoundRobin => "round_robin",
-                        Balance::LeastOutstanding => "least_outstanding",
-                    },
-                    instances: group
-                        .instances()
-                        .iter()
-                        .map(|instance| InstanceReport {
-                            address: instance.label.to_string(),
-                            upstream: group
-                                .spec
-                                .targets
-                                .get(instance.target)
-                                .map(ToString::to_string)
-                                .unwrap_or_default(),
-                            available: instance.available(now),
-                            health_check_passing: instance.checked_healthy(),
-                            ejected: instance.ejected(now),
-                            requests_in_flight: instance.outstanding(),
-                            idle_connections: instance.pool.idle_count(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        report.sort_by(|a, b| a.environment.cmp(&b.environment));
-        report
-    }
-
-    /// Every instance's availability, for the `gatehouse_upstream_instance_healthy` gauge.
-    pub fn states(&self) -> Vec<(Box<str>, Box<str>, bool)> {
-        let groups = self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut states = Vec::new();
-        for group in groups.values() {
-            let now = group.now();
-            for instance in group.instances().iter() {
-                states.push((
-                    group.environment.clone(),
-                    instance.label.clone(),
-                    instance.available(now),
-                ));
-            }
-        }
-        states
-    }
+    states
 }

@@ -121,3 +121,12 @@ pub struct UpstreamSpec {
     pub resolver: Resolver,
     pub resolve_interval: Duration,
 }
+
+/// An environment's upstream settings with its targets resolved, as compiled: plain data, from
+/// which a running proxy builds (or keeps) the environment's live [`super::UpstreamGroup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUpstream {
+    pub spec: UpstreamSpec,
+    /// Each resolved address, with the index of the target it came from.
+    pub addresses: Vec<(std::net::SocketAddr, usize)>,
+}

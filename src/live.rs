@@ -1,0 +1,220 @@
+//! The running proxy's live state, apart from the compiled configuration: what it keeps per
+//! environment across reloads (metric series, rate-limit buckets, upstream groups with their
+//! pools and health) and per TLS policy (handshake counters).
+//!
+//! [`LiveState`] is the one home of that state, keyed by environment name (and policy label).
+//! [`LiveState::reconcile`] pairs a newly compiled [`Snapshot`] with its live state: every entry
+//! whose spec is unchanged is kept (a reload costs the apps and the counters nothing), the rest
+//! is built, and entries of environments that are gone are dropped. The pair, [`Installed`], is
+//! what the request path reads, swapped as a whole through `arc-swap`, so a request never sees a
+//! snapshot with another snapshot's live state, and no "attach in the right order" step exists.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::metrics::{EnvironmentMetrics, HandshakeCounters, Metrics, UNROUTED};
+use crate::rate_limit::{ClientLimiter, Rate};
+use crate::snapshot::{Environment, Snapshot};
+use crate::upstream::UpstreamGroup;
+
+/// A compiled configuration with the live state of its environments: what the request path
+/// reads, read through one `ArcSwap` load per request.
+#[derive(Debug)]
+pub struct Installed {
+    pub snapshot: Arc<Snapshot>,
+    /// 1 at start, +1 per installed configuration.
+    pub generation: u64,
+    /// By the index of `snapshot.environments`.
+    environments: Box<[EnvironmentState]>,
+    /// Counted for requests that reach no environment.
+    unrouted: Arc<EnvironmentMetrics>,
+    /// By the index of `snapshot.policies`.
+    handshakes: Box<[Arc<HandshakeCounters>]>,
+    platform_handshakes: Arc<HandshakeCounters>,
+}
+
+/// One environment's live state.
+#[derive(Debug)]
+pub struct EnvironmentState {
+    pub metrics: Arc<EnvironmentMetrics>,
+    /// The buckets of the environment's `rate`, if it has one.
+    pub rate_limiter: Option<Arc<ClientLimiter>>,
+    pub upstream: Arc<UpstreamGroup>,
+}
+
+/// An environment as the request path uses it: its compiled settings and its live state.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub index: usize,
+    pub config: &'a Environment,
+    pub live: &'a EnvironmentState,
+}
+
+impl Installed {
+    /// The environment at `index` of the snapshot, with its live state.
+    pub fn environment(&self, index: usize) -> Option<Served<'_>> {
+        Some(Served {
+            index,
+            config: self.snapshot.environments.get(index)?,
+            live: self.environments.get(index)?,
+        })
+    }
+
+    /// The metric series of requests that reach no environment.
+    pub fn unrouted_metrics(&self) -> &Arc<EnvironmentMetrics> {
+        &self.unrouted
+    }
+
+    /// The handshake counters of the policy at `index` of `snapshot.policies`; `None` means the
+    /// platform policy's fallback.
+    pub fn handshake_counters(&self, policy: Option<usize>) -> &Arc<HandshakeCounters> {
+        policy
+            .and_then(|index| self.handshakes.get(index))
+            .unwrap_or(&self.platform_handshakes)
+    }
+}
+
+/// What the home keeps of one environment between reloads, with the spec it was built for.
+#[derive(Debug)]
+struct Entry {
+    metrics: Arc<EnvironmentMetrics>,
+    limiter: Option<(Rate, Arc<ClientLimiter>)>,
+    upstream: Arc<UpstreamGroup>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    environments: HashMap<Box<str>, Entry>,
+    handshakes: HashMap<Box<str>, Arc<HandshakeCounters>>,
+}
+
+/// The live state of every environment of the configuration in force, across reloads.
+#[derive(Debug)]
+pub struct LiveState {
+    metrics: Arc<Metrics>,
+    unrouted: Arc<EnvironmentMetrics>,
+    entries: Mutex<Entries>,
+}
+
+impl LiveState {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            unrouted: metrics.environment(UNROUTED),
+            metrics,
+            entries: Mutex::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn entries(&self) -> MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Pair `snapshot` with its live state: for each environment, the state it had if its spec
+    /// is unchanged (an upstream group takes the addresses just resolved), else new state, whose
+    /// health checks and housekeeping start now; state of environments that are gone is
+    /// dropped. Publishes the configuration's own metrics (generation, hash, certificate
+    /// expiry). Runs once per install, never per request; must run inside a tokio runtime.
+    pub fn reconcile(&self, snapshot: Arc<Snapshot>, generation: u64) -> Installed {
+        let mut entries = self.entries();
+        let mut kept = HashMap::with_capacity(snapshot.environments.len());
+        let mut environments = Vec::with_capacity(snapshot.environments.len());
+        for environment in &snapshot.environments {
+            let previous = entries.environments.remove(&environment.name);
+            let entry = self.reconcile_environment(environment, previous);
+            environments.push(EnvironmentState {
+                metrics: entry.metrics.clone(),
+                rate_limiter: entry.limiter.as_ref().map(|(_, limiter)| limiter.clone()),
+                upstream: entry.upstream.clone(),
+            });
+            kept.insert(environment.name.clone(), entry);
+        }
+        entries.environments = kept;
+
+        let mut counters = std::mem::take(&mut entries.handshakes);
+        let mut counters_for = |label: &str| {
+            let counter = counters
+                .remove(label)
+                .unwrap_or_else(|| Arc::new(HandshakeCounters::new(label)));
+            entries.handshakes.insert(label.into(), counter.clone());
+            counter
+        };
+        let platform_handshakes = counters_for(&snapshot.platform_policy.label);
+        let handshakes = snapshot
+            .policies
+            .iter()
+            .map(|policy| counters_for(&policy.label))
+            .collect();
+        drop(entries);
+
+        let expiry = snapshot.summary.environments.iter().flat_map(|environment| {
+            environment
+                .domain_expiry
+                .iter()
+                .map(|(domain, not_after)| (environment.name.as_str(), domain.as_str(), *not_after))
+        });
+        self.metrics
+            .configuration_installed(generation, &snapshot.sha256, expiry);
+        Installed {
+            generation,
+            environments: environments.into(),
+            unrouted: self.unrouted.clone(),
+            handshakes,
+            platform_handshakes,
+            snapshot,
+        }
+    }
+
+    fn reconcile_environment(&self, environment: &Environment, previous: Option<Entry>) -> Entry {
+        let (metrics, old_limiter, old_upstream) = match previous {
+            Some(entry) => (entry.metrics, entry.limiter, Some(entry.upstream)),
+            None => (self.metrics.environment(&environment.name), None, None),
+        };
+        let limiter = environment.rate.map(|rate| match old_limiter {
+            Some((old_rate, limiter)) if old_rate == rate => (rate, limiter),
+            _ => (rate, Arc::new(ClientLimiter::new(rate))),
+        });
+        let upstream = match old_upstream {
+            Some(running) if running.spec == environment.upstream.spec => {
+                running.replace_addresses(&environment.upstream.addresses);
+                running
+            }
+            _ => UpstreamGroup::start(
+                &environment.name,
+                &environment.upstream,
+                metrics.clone(),
+                self.metrics.upstream_connections(),
+            ),
+        };
+        Entry {
+            metrics,
+            limiter,
+            upstream,
+        }
+    }
+
+    /// Every environment's upstream group, for `/upstreams` and the instance gauge.
+    pub fn upstream_groups(&self) -> Vec<Arc<UpstreamGroup>> {
+        self.entries()
+            .environments
+            .values()
+            .map(|entry| entry.upstream.clone())
+            .collect()
+    }
+
+    /// Drop idle rate-limit buckets (run every few seconds off the request path).
+    pub fn tidy(&self) {
+        let limiters: Vec<Arc<ClientLimiter>> = self
+            .entries()
+            .environments
+            .values()
+            .filter_map(|entry| entry.limiter.as_ref().map(|(_, limiter)| limiter.clone()))
+            .collect();
+        for limiter in limiters {
+            limiter.tidy();
+        }
+    }
+}
