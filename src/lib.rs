@@ -16,6 +16,7 @@ pub mod access;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod explain;
 pub mod headers;
 pub mod live;

@@ -4,6 +4,7 @@
 // Keys come from the configuration only (no request inserts), so a seeded fast hash is as safe
 // as SipHash here and several times cheaper per lookup.
 use foldhash::HashMap;
+use http::{HeaderValue, Request, header};
 
 /// Where a host name leads: which environment, under which TLS policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,28 @@ fn strip_port(raw: &[u8]) -> Option<&[u8]> {
 
 fn valid_port(digits: &[u8]) -> bool {
     !digits.is_empty() && digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit)
+}
+
+/// The host the request is for: `:authority` (HTTP/2, absolute-form) or `Host`. A request with
+/// neither, with several `Host` headers, or whose two disagree, is malformed: answering it would
+/// let the app and gatehouse disagree about which site is meant.
+pub fn request_host<B>(request: &Request<B>) -> Result<HeaderValue, MalformedHost> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(MalformedHost);
+    }
+    match (request.uri().authority(), host_header) {
+        (Some(authority), Some(host)) => {
+            let agree = host
+                .to_str()
+                .is_ok_and(|host| authority.as_str().eq_ignore_ascii_case(host));
+            if agree { Ok(host.clone()) } else { Err(MalformedHost) }
+        }
+        (Some(authority), None) => HeaderValue::from_str(authority.as_str()).map_err(|_| MalformedHost),
+        (None, Some(host)) => Ok(host.clone()),
+        (None, None) => Err(MalformedHost),
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub fn spawn(shared: Arc<Shared>, main_file: PathBuf) -> notify::Result<tokio::t
             if !relevant(&shared, &path) {
                 continue;
             }
-            let debounce = shared.installed.load().snapshot.settings.watch_debounce;
+            let debounce = shared.installed().snapshot.settings.watch_debounce;
             // Wait for quiet: every further event restarts the wait.
             loop {
                 match tokio::time::timeout(debounce, receiver.recv()).await {

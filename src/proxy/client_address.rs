@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderValue};
 
-use super::forward::X_FORWARDED_FOR;
+use super::fields::X_FORWARDED_FOR;
 use crate::access::ranges::RangeSet;
 
 /// The client address and the `X-Forwarded-For` value to pass on.

@@ -9,126 +9,43 @@
 //!    gatehouse's own pages ([`crate::pages`]).
 
 pub mod client_address;
+mod failure;
+pub mod fields;
 pub mod forward;
 pub mod observe;
+pub mod request_id;
+pub mod rewrite;
 pub mod upgrade;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use client_address::ClientAddress;
 use observe::{AccessEntry, Details, Exchange, ObservedBody};
 use serde::Serialize;
-
-use rustls::pki_types::CertificateDer;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::access;
-use crate::access::profile::{CertificateStatus, ClientCa};
+use crate::connection::ConnectionInfo;
 use crate::live::{Installed, Served};
+use crate::logs::LogSink;
 use crate::pages::{ResponseBody, page};
-use crate::route::MalformedHost;
-use crate::server::Shared;
+use crate::route::{MalformedHost, request_host};
 use crate::snapshot::{Environment, Snapshot};
-use crate::tls::client_auth::verify_against;
-use crate::tls::client_certificate::CertificateIdentity;
-use crate::tls::policy::PolicyKey;
+use request_id::RequestIds;
 
-/// What the request path knows about the downstream connection a request came on, computed
-/// once per connection.
-#[derive(Debug)]
-pub struct ConnectionInfo {
-    pub client: SocketAddr,
-    /// The client address as a header value.
-    pub client_ip: HeaderValue,
-    /// The TLS policy the handshake was made under.
-    pub policy: PolicyKey,
-    /// `SSL-Protocol` and `SSL-Cipher` for the app.
-    pub tls_protocol: HeaderValue,
-    pub tls_cipher: HeaderValue,
-    pub client_certificate: Option<ClientCertificate>,
-    /// Requests received on this connection so far.
-    pub requests: AtomicU64,
-    /// Woken when the connection has served its share of requests and should finish.
-    pub retire: tokio::sync::Notify,
-    /// The client's connection for a request that asked to upgrade (HTTP/1.1 only).
-    pub upgrade: upgrade::UpgradeHandover,
-}
-
-/// A certificate the client presented, with its verdict for each CA of the connection's policy.
-#[derive(Debug)]
-pub struct ClientCertificate {
-    chain: Vec<CertificateDer<'static>>,
-    checked: Vec<(u64, CertificateStatus)>,
-    /// The `SSL-Client-*` values for the app, when the certificate could be parsed.
-    pub identity: Option<IdentityHeaders>,
-    pub subject: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct IdentityHeaders {
-    pub subject_dn: HeaderValue,
-    pub issuer_dn: HeaderValue,
-    pub serial: HeaderValue,
-    pub fingerprint: HeaderValue,
-}
-
-impl ClientCertificate {
-    /// Check `chain` against every CA the connection's policy names, once, at handshake time.
-    pub fn new(chain: Vec<CertificateDer<'static>>, cas: &[Arc<ClientCa>]) -> Self {
-        let checked = cas.iter().map(|ca| (ca.id, verify_against(ca, &chain))).collect();
-        let identity = chain.first().and_then(CertificateIdentity::of);
-        let subject = identity
-            .as_ref()
-            .map_or_else(String::new, |identity| identity.subject_dn.clone());
-        let identity = identity.and_then(|identity| {
-            Some(IdentityHeaders {
-                subject_dn: HeaderValue::try_from(identity.subject_dn).ok()?,
-                issuer_dn: HeaderValue::try_from(identity.issuer_dn).ok()?,
-                serial: HeaderValue::try_from(identity.serial).ok()?,
-                fingerprint: HeaderValue::try_from(identity.sha1_fingerprint).ok()?,
-            })
-        });
-        Self {
-            chain,
-            checked,
-            identity,
-            subject,
-        }
-    }
-
-    /// Whether the certificate passed for at least one CA of the connection's policy.
-    pub fn verified(&self) -> bool {
-        self.checked
-            .iter()
-            .any(|(_, status)| *status == CertificateStatus::Verified)
-    }
-}
-
-impl ConnectionInfo {
-    /// How the client's certificate stands with `ca`: from the handshake-time check, or checked
-    /// now when a reload brought a CA the connection did not know.
-    pub fn certificate_status(&self, ca: &ClientCa) -> CertificateStatus {
-        let Some(certificate) = &self.client_certificate else {
-            return CertificateStatus::Absent;
-        };
-        match certificate.checked.iter().find(|(id, _)| *id == ca.id) {
-            Some((_, status)) => *status,
-            None => verify_against(ca, &certificate.chain),
-        }
-    }
-
-    /// The verified client certificate's identity, if there is one.
-    pub fn verified_identity(&self) -> Option<&IdentityHeaders> {
-        self.client_certificate
-            .as_ref()
-            .filter(|certificate| certificate.verified())
-            .and_then(|certificate| certificate.identity.as_ref())
-    }
+/// What the request path reads, and nothing else: the configuration in force with its live
+/// state (swapped as a whole by reloads), request ids, and the access and audit logs.
+pub struct RequestPath {
+    pub installed: ArcSwap<Installed>,
+    pub request_ids: RequestIds,
+    pub access_log: LogSink,
+    pub audit_log: LogSink,
 }
 
 /// Answer one request from a TLS connection, and record it (metrics, access log) when its
@@ -143,12 +60,12 @@ impl ConnectionInfo {
     reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
 )]
 pub fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<RequestPath>,
     connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
 ) -> impl Future<Output = Response<ObservedBody<ResponseBody>>> + Send + 'static {
     async move {
-        let (shared, connection): (&Shared, &ConnectionInfo) = (&shared, &connection);
+        let (shared, connection): (&RequestPath, &ConnectionInfo) = (&shared, &connection);
         let started = Instant::now();
         let installed = shared.installed.load_full();
         let snapshot = &*installed.snapshot;
@@ -229,7 +146,7 @@ pub fn handle(
     reason = "the request on its way out is as large as the answer that replaces it; boxing either adds an allocation"
 )]
 fn admit<'a>(
-    shared: &Shared,
+    shared: &RequestPath,
     connection: &ConnectionInfo,
     installed: &'a Installed,
     host: Option<HeaderValue>,
@@ -306,7 +223,7 @@ fn client_text(resolved: Option<IpAddr>, connection: &ConnectionInfo) -> HeaderV
 /// What the later phases of a routed request share.
 #[derive(Clone, Copy)]
 pub struct RequestContext<'a> {
-    pub shared: &'a Shared,
+    pub shared: &'a RequestPath,
     pub connection: &'a ConnectionInfo,
     pub environment: Served<'a>,
     pub client: &'a ClientAddress,
@@ -380,7 +297,7 @@ struct DenialLine<'a> {
 /// A denial goes to the audit log (for a SIEM) and to the process log.
 #[allow(clippy::too_many_arguments)]
 fn audit_denial(
-    shared: &Shared,
+    shared: &RequestPath,
     environment: &Environment,
     client: IpAddr,
     host: &HeaderValue,
@@ -405,27 +322,5 @@ fn audit_denial(
             reason: decision.reason(),
         };
         shared.audit_log.write(serde_json::to_string(&line).unwrap_or_default());
-    }
-}
-
-/// The host the request is for: `:authority` (HTTP/2, absolute-form) or `Host`. A request with
-/// neither, with several `Host` headers, or whose two disagree, is malformed: answering it would
-/// let the app and gatehouse disagree about which site is meant.
-pub fn request_host<B>(request: &Request<B>) -> Result<HeaderValue, MalformedHost> {
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let host_header = hosts.next();
-    if hosts.next().is_some() {
-        return Err(MalformedHost);
-    }
-    match (request.uri().authority(), host_header) {
-        (Some(authority), Some(host)) => {
-            let agree = host
-                .to_str()
-                .is_ok_and(|host| authority.as_str().eq_ignore_ascii_case(host));
-            if agree { Ok(host.clone()) } else { Err(MalformedHost) }
-        }
-        (Some(authority), None) => HeaderValue::from_str(authority.as_str()).map_err(|_| MalformedHost),
-        (None, Some(host)) => Ok(host.clone()),
-        (None, None) => Err(MalformedHost),
     }
 }

@@ -44,7 +44,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _peer: SocketAddr) {
 /// `POST /reload` (what `gatehouse reload` sends): reload the configuration files the running
 /// configuration came from. 200 when installed; 422 with the errors when refused.
 async fn reload(shared: Arc<Shared>) -> Response<Full<Bytes>> {
-    let main_file = shared.installed.load().snapshot.summary.main_file.clone();
+    let main_file = shared.installed().snapshot.summary.main_file.clone();
     let reloading = shared.clone();
     let outcome = tokio::task::spawn_blocking(move || reloading.reload(&main_file, ReloadTrigger::Admin)).await;
     match outcome {

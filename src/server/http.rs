@@ -20,9 +20,10 @@ use super::Shared;
 use super::drain::{GracefulConnection, serve_until_drained};
 use super::http1::{Activity, ResponseOpen};
 use super::tls::ClientTls;
+use crate::connection::ConnectionInfo;
 use crate::pages::ResponseBody;
 use crate::proxy::observe::ObservedBody;
-use crate::proxy::{self, ConnectionInfo};
+use crate::proxy::{self, RequestPath};
 
 /// Serve HTTP on `tls` until the client leaves or the connection is drained.
 ///
@@ -49,14 +50,14 @@ pub async fn serve(shared: Arc<Shared>, connection: Arc<ConnectionInfo>, mut tls
 /// rustls for hyper to read). Bounded by the time hyper gives a request head; false if the
 /// client left or sent nothing in that time.
 async fn first_bytes(shared: &Shared, tls: &mut ClientTls) -> bool {
-    let header_timeout = shared.installed.load().snapshot.settings.request_header_timeout;
+    let header_timeout = shared.installed().snapshot.settings.request_header_timeout;
     matches!(tokio::time::timeout(header_timeout, tls.fill_buf()).await, Ok(Ok(first)) if !first.is_empty())
 }
 
 /// The request handler for one connection.
 #[derive(Clone)]
 pub struct Service {
-    shared: Arc<Shared>,
+    requests: Arc<RequestPath>,
     connection: Arc<ConnectionInfo>,
     /// HTTP/1.1: what parking needs to know of the requests in flight.
     activity: Option<Arc<Activity>>,
@@ -64,7 +65,7 @@ pub struct Service {
 
 pub fn service(shared: &Arc<Shared>, connection: Arc<ConnectionInfo>, activity: Option<Arc<Activity>>) -> Service {
     Service {
-        shared: shared.clone(),
+        requests: shared.requests.clone(),
         connection,
         activity,
     }
@@ -79,7 +80,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Service {
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let open = (self.activity.as_ref()).map(|activity| activity.request_started(!request.body().is_end_stream()));
-        let handling = proxy::handle(self.shared.clone(), self.connection.clone(), request);
+        let handling = proxy::handle(self.requests.clone(), self.connection.clone(), request);
         Answering {
             handling: Box::pin(handling),
             open,
@@ -138,7 +139,7 @@ fn http2_connection(
     connection: Arc<ConnectionInfo>,
     io: TokioIo<ClientTls>,
 ) -> impl GracefulConnection<Output = hyper::Result<()>> + Send + use<> {
-    let settings = &shared.installed.load().snapshot.settings;
+    let settings = &shared.installed().snapshot.settings;
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_concurrent_streams)

@@ -31,7 +31,7 @@ use super::Shared;
 use super::drain::{Open, stop_signal, until_stopped};
 use super::http::{Service, service};
 use super::tls::ClientTls;
-use crate::proxy::ConnectionInfo;
+use crate::connection::ConnectionInfo;
 
 /// Serve HTTP/1.1 on `tls` until the client leaves, the connection retires or the proxy drains.
 pub async fn serve(shared: &Arc<Shared>, connection: &Arc<ConnectionInfo>, tls: ClientTls) {
@@ -59,7 +59,7 @@ pub async fn serve(shared: &Arc<Shared>, connection: &Arc<ConnectionInfo>, tls: 
 /// has for a request head, on a fresh connection and between keep-alive requests alike. False
 /// when the client left or sent nothing in time, or the connection is to finish.
 async fn next_request_bytes(shared: &Shared, connection: &ConnectionInfo, tls: &mut ClientTls) -> bool {
-    let header_timeout = shared.installed.load().snapshot.settings.request_header_timeout;
+    let header_timeout = shared.installed().snapshot.settings.request_header_timeout;
     // The drain and retire waits spelled out rather than `drain::stop_signal`: this is the state
     // every idle connection keeps, and the nested future would add 48 bytes to it.
     let mut draining = shared.draining.subscribe();
@@ -179,7 +179,7 @@ async fn close(shared: &Shared, connection: &ConnectionInfo, client: ClientStrea
     let Err(mut client) = connection.upgrade.hand_over(Box::new(client)) else {
         return;
     };
-    let header_timeout = shared.installed.load().snapshot.settings.request_header_timeout;
+    let header_timeout = shared.installed().snapshot.settings.request_header_timeout;
     let _ = tokio::time::timeout(header_timeout, client.shutdown()).await;
 }
 
@@ -191,7 +191,7 @@ fn http1_connection(
     client: ClientStream,
     activity: &Arc<Activity>,
 ) -> Connection {
-    let settings = &shared.installed.load().snapshot.settings;
+    let settings = &shared.installed().snapshot.settings;
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.request_header_timeout)

@@ -33,20 +33,19 @@ use crate::config::{ConfigError, ConfigErrors};
 use crate::live::{Installed, LiveState};
 use crate::logs::LogSink;
 use crate::metrics::Metrics;
-use crate::proxy::forward::RequestIds;
+use crate::proxy::RequestPath;
+use crate::proxy::request_id::RequestIds;
 use crate::snapshot::Snapshot;
 use listeners::ListenerSet;
 
 /// State shared by every connection and request.
 pub struct Shared {
-    /// The configuration in force with its live state, swapped as a whole.
-    pub installed: ArcSwap<Installed>,
+    /// What the request path reads: the configuration in force with its live state (swapped
+    /// as a whole), request ids, the access and audit logs.
+    pub requests: Arc<RequestPath>,
     /// Every environment's metrics, limiters, instances, health and pools, across reloads.
     pub live: LiveState,
-    pub request_ids: RequestIds,
     pub metrics: Arc<Metrics>,
-    pub access_log: LogSink,
-    pub audit_log: LogSink,
     /// Configuration loaded and every listener bound, and not shutting down.
     pub ready: AtomicBool,
     /// Generation of the snapshot in force: 1 at start, +1 per installed snapshot.
@@ -66,12 +65,17 @@ impl Shared {
     pub fn install(&self, snapshot: Snapshot) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let installed = self.live.reconcile(Arc::new(snapshot), generation);
-        self.installed.store(Arc::new(installed));
+        self.requests.installed.store(Arc::new(installed));
+    }
+
+    /// The configuration in force with its live state.
+    pub fn installed(&self) -> arc_swap::Guard<Arc<Installed>> {
+        self.requests.installed.load()
     }
 
     /// The configuration in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.installed.load().snapshot.clone()
+        self.installed().snapshot.clone()
     }
 
     /// Load, validate and compile the configuration at `main_file` off the request path, and
@@ -131,7 +135,7 @@ impl Shared {
         changes: Option<Changes>,
         error: Option<String>,
     ) {
-        if !self.audit_log.enabled() {
+        if !self.requests.audit_log.enabled() {
             return;
         }
         let line = ReloadLine {
@@ -145,7 +149,9 @@ impl Shared {
             changes,
             error,
         };
-        self.audit_log.write(serde_json::to_string(&line).unwrap_or_default());
+        self.requests
+            .audit_log
+            .write(serde_json::to_string(&line).unwrap_or_default());
     }
 }
 
@@ -195,12 +201,15 @@ impl Proxy {
         let live = LiveState::new(metrics.clone());
         let settings = snapshot.settings.clone();
         let installed = live.reconcile(Arc::new(snapshot), 1);
-        let shared = Arc::new(Shared {
-            live,
+        let requests = Arc::new(RequestPath {
             access_log: LogSink::start(settings.access_log.clone(), metrics.clone()),
             audit_log: LogSink::start(settings.audit_log.clone(), metrics.clone()),
             installed: ArcSwap::from_pointee(installed),
             request_ids: RequestIds::new(),
+        });
+        let shared = Arc::new(Shared {
+            requests,
+            live,
             metrics,
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(1),
@@ -275,7 +284,7 @@ impl Proxy {
     /// to the drain time. Returns the number of connections still open when it gave up.
     pub async fn shutdown(&self) -> usize {
         self.stop_accepting();
-        let drain_timeout = self.shared.installed.load().snapshot.settings.shutdown_drain_timeout;
+        let drain_timeout = self.shared.installed().snapshot.settings.shutdown_drain_timeout;
         let deadline = tokio::time::Instant::now() + drain_timeout;
         // The listening sockets close when their (aborted) accept tasks end.
         while !self.shared.listeners().all_closed() && tokio::time::Instant::now() < deadline {

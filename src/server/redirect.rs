@@ -19,7 +19,7 @@ use crate::route::{MAX_HOST_LEN, normalize_host};
 
 pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let (header_timeout, proxy_protocol, max_total, max_per_client) = {
-        let settings = &shared.installed.load().snapshot.settings;
+        let settings = &shared.installed().snapshot.settings;
         (
             settings.request_header_timeout,
             settings.proxy_protocol,
@@ -69,14 +69,14 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
 }
 
 fn redirect(shared: &Shared, request: &Request<Incoming>) -> Response<ResponseBody> {
-    let Ok(raw_host) = crate::proxy::request_host(request) else {
+    let Ok(raw_host) = crate::route::request_host(request) else {
         return page(StatusCode::BAD_REQUEST);
     };
     let mut buffer = [0u8; MAX_HOST_LEN];
     let Some(host) = normalize_host(raw_host.as_bytes(), &mut buffer) else {
         return page(StatusCode::BAD_REQUEST);
     };
-    let installed = shared.installed.load();
+    let installed = shared.installed();
     let snapshot = &installed.snapshot;
     if snapshot.routes.lookup(host).is_none() {
         return page(StatusCode::NOT_FOUND);

@@ -13,8 +13,8 @@ use super::Shared;
 use http::HeaderValue;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 
+use crate::connection::{ClientCertificate, ConnectionInfo};
 use crate::metrics::{HandshakeCounters, HandshakeFailure};
-use crate::proxy::{ClientCertificate, ConnectionInfo};
 use crate::tls::policy::TlsPolicy;
 
 /// Serve one accepted connection: admission, PROXY header, TLS handshake, then HTTP.
@@ -24,7 +24,7 @@ use crate::tls::policy::TlsPolicy;
 /// when they finish, and the task holds little more than the HTTP phase.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let (deadline, proxy_protocol, max_total, max_per_client) = {
-        let settings = &shared.installed.load().snapshot.settings;
+        let settings = &shared.installed().snapshot.settings;
         (
             settings.tls_handshake_timeout,
             settings.proxy_protocol,
@@ -127,7 +127,7 @@ async fn handshake(
 ) -> std::io::Result<(TlsStream<TcpStream>, TlsPolicy, Arc<HandshakeCounters>)> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let (policy, handshakes) = {
-        let installed = shared.installed.load();
+        let installed = shared.installed();
         let index = installed
             .snapshot
             .policy_index_for_sni(start.client_hello().server_name());

@@ -1,0 +1,151 @@
+//! What the request path knows about the client connection a request came on: the client's
+//! address, the TLS policy and parameters of the handshake, the client certificate with its
+//! verdicts and identity headers, and where an upgraded connection is handed over. Computed once
+//! per connection by the server (`server::tls`), read by every request on it (`proxy`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::HeaderValue;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
+use crate::access::profile::{CertificateStatus, ClientCa};
+use crate::tls::client_auth::verify_against;
+use crate::tls::client_certificate::CertificateIdentity;
+use crate::tls::policy::PolicyKey;
+
+/// What the request path knows about the downstream connection a request came on, computed
+/// once per connection.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub client: SocketAddr,
+    /// The client address as a header value.
+    pub client_ip: HeaderValue,
+    /// The TLS policy the handshake was made under.
+    pub policy: PolicyKey,
+    /// `SSL-Protocol` and `SSL-Cipher` for the app.
+    pub tls_protocol: HeaderValue,
+    pub tls_cipher: HeaderValue,
+    pub client_certificate: Option<ClientCertificate>,
+    /// Requests received on this connection so far.
+    pub requests: AtomicU64,
+    /// Woken when the connection has served its share of requests and should finish.
+    pub retire: tokio::sync::Notify,
+    /// The client's connection for a request that asked to upgrade (HTTP/1.1 only).
+    pub upgrade: UpgradeHandover,
+}
+
+/// A certificate the client presented, with its verdict for each CA of the connection's policy.
+#[derive(Debug)]
+pub struct ClientCertificate {
+    chain: Vec<CertificateDer<'static>>,
+    checked: Vec<(u64, CertificateStatus)>,
+    /// The `SSL-Client-*` values for the app, when the certificate could be parsed.
+    pub identity: Option<IdentityHeaders>,
+    pub subject: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub subject_dn: HeaderValue,
+    pub issuer_dn: HeaderValue,
+    pub serial: HeaderValue,
+    pub fingerprint: HeaderValue,
+}
+
+impl ClientCertificate {
+    /// Check `chain` against every CA the connection's policy names, once, at handshake time.
+    pub fn new(chain: Vec<CertificateDer<'static>>, cas: &[Arc<ClientCa>]) -> Self {
+        let checked = cas.iter().map(|ca| (ca.id, verify_against(ca, &chain))).collect();
+        let identity = chain.first().and_then(CertificateIdentity::of);
+        let subject = identity
+            .as_ref()
+            .map_or_else(String::new, |identity| identity.subject_dn.clone());
+        let identity = identity.and_then(|identity| {
+            Some(IdentityHeaders {
+                subject_dn: HeaderValue::try_from(identity.subject_dn).ok()?,
+                issuer_dn: HeaderValue::try_from(identity.issuer_dn).ok()?,
+                serial: HeaderValue::try_from(identity.serial).ok()?,
+                fingerprint: HeaderValue::try_from(identity.sha1_fingerprint).ok()?,
+            })
+        });
+        Self {
+            chain,
+            checked,
+            identity,
+            subject,
+        }
+    }
+
+    /// Whether the certificate passed for at least one CA of the connection's policy.
+    pub fn verified(&self) -> bool {
+        self.checked
+            .iter()
+            .any(|(_, status)| *status == CertificateStatus::Verified)
+    }
+}
+
+impl ConnectionInfo {
+    /// How the client's certificate stands with `ca`: from the handshake-time check, or checked
+    /// now when a reload brought a CA the connection did not know.
+    pub fn certificate_status(&self, ca: &ClientCa) -> CertificateStatus {
+        let Some(certificate) = &self.client_certificate else {
+            return CertificateStatus::Absent;
+        };
+        match certificate.checked.iter().find(|(id, _)| *id == ca.id) {
+            Some((_, status)) => *status,
+            None => verify_against(ca, &certificate.chain),
+        }
+    }
+
+    /// The verified client certificate's identity, if there is one.
+    pub fn verified_identity(&self) -> Option<&IdentityHeaders> {
+        self.client_certificate
+            .as_ref()
+            .filter(|certificate| certificate.verified())
+            .and_then(|certificate| certificate.identity.as_ref())
+    }
+}
+
+/// The client's connection once upgraded: its TLS stream, starting with any bytes the client sent
+/// right after its request.
+pub trait ClientSide: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientSide for T {}
+
+pub type UpgradedClient = Box<dyn ClientSide>;
+
+/// Where the server hands the client's connection over once hyper has sent the app's 101.
+///
+/// Touched only by requests that ask for an upgrade and once when a connection's hyper ends,
+/// never by an ordinary request.
+#[derive(Default)]
+pub struct UpgradeHandover(Mutex<Option<oneshot::Sender<UpgradedClient>>>);
+
+impl UpgradeHandover {
+    /// For a request that asks to upgrade: the client's connection, once the 101 is sent.
+    pub fn wait_for_client(&self) -> oneshot::Receiver<UpgradedClient> {
+        let (sender, receiver) = oneshot::channel();
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
+        receiver
+    }
+
+    /// Hand `client` to the upgrade waiting for it; give it back when none does (no upgrade was
+    /// asked for, or the app did not switch protocols).
+    pub fn hand_over(&self, client: UpgradedClient) -> Result<(), UpgradedClient> {
+        let waiting = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match waiting {
+            Some(sender) => sender.send(client),
+            None => Err(client),
+        }
+    }
+}
+
+impl std::fmt::Debug for UpgradeHandover {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("UpgradeHandover")
+    }
+}

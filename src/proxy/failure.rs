@@ -1,0 +1,37 @@
+//! gatehouse's answer when no instance answered a request: 503 (with the environment's
+//! maintenance page and `Retry-After`) when none was available, 504 on a timeout, 413 for a body
+//! that outgrew its limit while it streamed, else 502. Each is counted by kind.
+
+use http::{Response, StatusCode, header};
+
+use crate::live::Served;
+use crate::metrics::UpstreamError;
+use crate::pages::{ResponseBody, page};
+use crate::upstream::exchange::{Failed, Failure};
+
+/// The answer when no instance answered: 503 (with the maintenance page) when none was
+/// available, 504 on a timeout, 413 for a body that outgrew its limit, else 502.
+pub fn failure_page(environment: Served<'_>, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
+    let (config, metrics) = (environment.config, &environment.live.metrics);
+    let instance = failed.instance.map(|addr| addr.to_string()).unwrap_or_default();
+    tracing::warn!(environment = %config.name, instance, error = %failed.failure, "upstream request failed");
+    let (status, kind) = match &failed.failure {
+        Failure::NoInstance => (StatusCode::SERVICE_UNAVAILABLE, UpstreamError::NoInstance),
+        Failure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, UpstreamError::Timeout),
+        Failure::Connect(_) => (StatusCode::BAD_GATEWAY, UpstreamError::Connect),
+        Failure::Broken(_) if too_large => return page(StatusCode::PAYLOAD_TOO_LARGE),
+        Failure::Broken(_) => (StatusCode::BAD_GATEWAY, UpstreamError::Other),
+    };
+    metrics.upstream_failed(kind);
+    if status != StatusCode::SERVICE_UNAVAILABLE {
+        return page(status);
+    }
+    let mut response = match &config.maintenance_page {
+        Some(custom) => custom.respond(status),
+        None => page(status),
+    };
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, config.maintenance_retry_after.clone());
+    response
+}
