@@ -25,7 +25,7 @@ pub struct Installed {
     /// 1 at start, +1 per installed configuration.
     pub generation: u64,
     /// By the index of `snapshot.environments`.
-    environments: Box<[EnvironmentState]>,
+    environments: Box<[ServedEnvironment]>,
     /// Counted for requests that reach no environment.
     unrouted: Arc<EnvironmentMetrics>,
     /// By the index of `snapshot.policies`.
@@ -42,22 +42,18 @@ pub struct EnvironmentState {
     pub upstream: Arc<UpstreamGroup>,
 }
 
-/// An environment as the request path uses it: its compiled settings and its live state.
-#[derive(Debug, Clone, Copy)]
-pub struct Served<'a> {
-    pub index: usize,
-    pub config: &'a Environment,
-    pub live: &'a EnvironmentState,
+/// An environment as the request path uses it: its compiled settings and its live state, so
+/// that one reference carries both through the request's wait.
+#[derive(Debug)]
+pub struct ServedEnvironment {
+    pub config: Arc<Environment>,
+    pub live: EnvironmentState,
 }
 
 impl Installed {
     /// The environment at `index` of the snapshot, with its live state.
-    pub fn environment(&self, index: usize) -> Option<Served<'_>> {
-        Some(Served {
-            index,
-            config: self.snapshot.environments.get(index)?,
-            live: self.environments.get(index)?,
-        })
+    pub fn environment(&self, index: usize) -> Option<&ServedEnvironment> {
+        self.environments.get(index)
     }
 
     /// The metric series of requests that reach no environment.
@@ -125,10 +121,13 @@ impl LiveState {
         for environment in &snapshot.environments {
             let previous = entries.environments.remove(&environment.name);
             let entry = self.reconcile_environment(environment, previous);
-            environments.push(EnvironmentState {
-                metrics: entry.metrics.clone(),
-                rate_limiter: entry.limiter.as_ref().map(|(_, limiter)| limiter.clone()),
-                upstream: entry.upstream.clone(),
+            environments.push(ServedEnvironment {
+                config: environment.clone(),
+                live: EnvironmentState {
+                    metrics: entry.metrics.clone(),
+                    rate_limiter: entry.limiter.as_ref().map(|(_, limiter)| limiter.clone()),
+                    upstream: entry.upstream.clone(),
+                },
             });
             kept.insert(environment.name.clone(), entry);
         }

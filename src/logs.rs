@@ -306,6 +306,44 @@ fn rfc3339_seconds_of(second: u64) -> String {
     text
 }
 
+/// The audit log's line for a request that an access profile refused.
+#[derive(Debug, serde::Serialize)]
+pub struct AccessDenied<'a> {
+    pub time: String,
+    pub log: &'static str,
+    pub event: &'static str,
+    pub request_id: &'a str,
+    pub environment: &'a str,
+    pub client: String,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub rule: &'a str,
+    pub reason: &'static str,
+}
+
+/// The audit log's line for a configuration reload, successful or refused.
+#[derive(Debug, serde::Serialize)]
+pub struct ConfigReload<'a> {
+    pub time: String,
+    pub log: &'static str,
+    pub event: &'static str,
+    pub trigger: &'static str,
+    pub result: &'static str,
+    pub old_sha256: &'a str,
+    pub new_sha256: Option<&'a str>,
+    #[serde(flatten)]
+    pub changes: Option<EnvironmentChanges>,
+    pub error: Option<String>,
+}
+
+/// Environments added, removed and changed by a reload, by name.
+#[derive(Debug, serde::Serialize)]
+pub struct EnvironmentChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ fn load(fixture: &Fixture) -> Arc<gatehouse::snapshot::Snapshot> {
     Arc::new(gatehouse::snapshot::load(&fixture.path("gatehouse.toml")).unwrap_or_else(|errors| panic!("{errors}")))
 }
 
-fn environment<'a>(installed: &'a Installed, name: &str) -> gatehouse::live::Served<'a> {
+fn environment<'a>(installed: &'a Installed, name: &str) -> &'a gatehouse::live::ServedEnvironment {
     let index = installed
         .snapshot
         .environments
@@ -59,7 +59,7 @@ async fn a_reload_keeps_the_live_state_of_unchanged_specs_and_renews_the_rest() 
     fixture.environment("new", &environment_toml("new", &["new.apps.test"], &[app.addr], ""));
     let second = live.reconcile(load(&fixture), 2);
 
-    let (shop_before, shop_after) = (environment(&first, "shop").live, environment(&second, "shop").live);
+    let (shop_before, shop_after) = (&environment(&first, "shop").live, &environment(&second, "shop").live);
     assert!(
         Arc::ptr_eq(&shop_before.upstream, &shop_after.upstream),
         "an unchanged upstream was rebuilt"
@@ -76,7 +76,7 @@ async fn a_reload_keeps_the_live_state_of_unchanged_specs_and_renews_the_rest() 
         "a changed rate kept the old buckets"
     );
 
-    let (blog_before, blog_after) = (environment(&first, "blog").live, environment(&second, "blog").live);
+    let (blog_before, blog_after) = (&environment(&first, "blog").live, &environment(&second, "blog").live);
     assert!(
         !Arc::ptr_eq(&blog_before.upstream, &blog_after.upstream),
         "a changed upstream spec kept the old group"
@@ -100,7 +100,7 @@ async fn a_reload_keeps_the_live_state_of_unchanged_specs_and_renews_the_rest() 
     // Unchanged everywhere: everything is kept, the buckets too.
     let third = live.reconcile(load(&fixture), 3);
     for name in ["shop", "blog", "new"] {
-        let (before, after) = (environment(&second, name).live, environment(&third, name).live);
+        let (before, after) = (&environment(&second, name).live, &environment(&third, name).live);
         assert!(Arc::ptr_eq(&before.upstream, &after.upstream), "{name}");
     }
     let kept = environment(&third, "shop").live.rate_limiter.as_ref().unwrap();

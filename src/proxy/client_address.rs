@@ -10,6 +10,7 @@ use super::fields::X_FORWARDED_FOR;
 use crate::access::ranges::RangeSet;
 
 /// The client address and the `X-Forwarded-For` value to pass on.
+#[derive(Debug)]
 pub struct ClientAddress {
     pub ip: IpAddr,
     /// `Some` when the request's own `X-Forwarded-For` chain was trusted and is passed on,

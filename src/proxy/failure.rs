@@ -4,15 +4,15 @@
 
 use http::{Response, StatusCode, header};
 
-use crate::live::Served;
+use crate::live::ServedEnvironment;
 use crate::metrics::UpstreamError;
 use crate::pages::{ResponseBody, page};
 use crate::upstream::exchange::{Failed, Failure};
 
 /// The answer when no instance answered: 503 (with the maintenance page) when none was
 /// available, 504 on a timeout, 413 for a body that outgrew its limit, else 502.
-pub fn failure_page(environment: Served<'_>, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
-    let (config, metrics) = (environment.config, &environment.live.metrics);
+pub fn failure_page(environment: &ServedEnvironment, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
+    let (config, metrics) = (&environment.config, &environment.live.metrics);
     let instance = failed.instance.map(|addr| addr.to_string()).unwrap_or_default();
     tracing::warn!(environment = %config.name, instance, error = %failed.failure, "upstream request failed");
     let (status, kind) = match &failed.failure {

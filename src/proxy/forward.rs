@@ -9,19 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::RequestContext;
+use super::admission::Admission;
 use super::failure::failure_page;
 use super::fields::remove_hop_by_hop;
 use super::observe::Details;
-use super::rewrite::{origin_form, rewrite_request_headers, set_forwarding_headers};
+use super::rewrite::{rewrite_request_headers, set_forwarding_headers};
 use super::upgrade;
 use crate::body::{CountedBody, ReceivedBytes};
-use crate::live::Served;
+use crate::connection::ConnectionInfo;
+use crate::live::ServedEnvironment;
 use crate::pages::{ResponseBody, page};
 use crate::upstream::exchange::{self, Answered, Failed, Failure, Outgoing, Policy};
 use crate::upstream::{Deadlines, UpstreamBody};
@@ -41,23 +42,20 @@ pub struct Prepared {
     exceeded: Option<Arc<AtomicBool>>,
 }
 
-/// Rewrite `request` for the app: its answer when it cannot go (400, 413).
-#[expect(
-    clippy::result_large_err,
-    reason = "the request on its way out is as large as the answer that replaces it; boxing either adds an allocation"
-)]
+/// Rewrite an admitted request for the app.
 pub fn prepare(
-    context: &RequestContext<'_>,
-    host: HeaderValue,
+    connection: &ConnectionInfo,
+    request_id: &HeaderValue,
+    admission: Admission<'_>,
     request: Request<Incoming>,
-) -> Result<Prepared, Response<ResponseBody>> {
-    let RequestContext {
-        connection,
+) -> Prepared {
+    let Admission {
         environment,
         client,
-        request_id,
-        ..
-    } = *context;
+        host,
+        uri,
+        declared_length,
+    } = admission;
     let upgrade_protocol = upgrade::requested_protocol(&request);
     // Upgraded connections live as long as their users want; every other exchange has its limit.
     let total_deadline = environment
@@ -67,12 +65,15 @@ pub fn prepare(
         .map(|total| tokio::time::Instant::now() + total);
 
     let (mut parts, body) = request.into_parts();
-    let Ok(uri) = origin_form(&parts.uri) else {
-        return Err(page(StatusCode::BAD_REQUEST));
-    };
     let from_http2 = parts.version == Version::HTTP_2;
     rewrite_request_headers(&mut parts.headers, from_http2);
-    set_forwarding_headers(&mut parts.headers, connection, client, host.clone(), request_id.clone());
+    set_forwarding_headers(
+        &mut parts.headers,
+        connection,
+        &client,
+        host.clone(),
+        request_id.clone(),
+    );
     let upgrade = upgrade_protocol.is_some();
     if let Some(protocol) = upgrade_protocol {
         upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
@@ -81,23 +82,16 @@ pub fn prepare(
     parts.version = Version::HTTP_11;
 
     let limit = environment.config.max_request_body;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(page(StatusCode::PAYLOAD_TOO_LARGE));
-    }
-    // Only a body of unknown length can grow past the limit while it streams.
+    // A declared length was held to the limit at admission: only a body of unknown length can
+    // grow past it while it streams.
     let exceeded =
-        (declared.is_none() && !http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
+        (declared_length.is_none() && !http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
     let received = ReceivedBytes {
         metrics: environment.live.metrics.clone(),
         limit,
         exceeded: exceeded.clone(),
     };
-    Ok(Prepared {
+    Prepared {
         outgoing: Outgoing {
             request: Request::from_parts(parts, Either::Left(CountedBody::new(body, received))),
             host,
@@ -110,7 +104,7 @@ pub fn prepare(
         downstream_upgrade: upgrade.then(|| connection.upgrade.wait_for_client()),
         total_deadline,
         exceeded,
-    })
+    }
 }
 
 /// Send an admitted request to an instance of its environment and stream the answer back; an
@@ -126,7 +120,7 @@ pub fn prepare(
     reason = "an `async fn` would hold its arguments twice in the request's state, which is moved per request"
 )]
 pub fn forward<'a>(
-    admitted: Result<(Served<'a>, Prepared), Response<ResponseBody>>,
+    admitted: Result<(&'a ServedEnvironment, Prepared), Response<ResponseBody>>,
     details: &'a mut Details,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'a {
     async move {

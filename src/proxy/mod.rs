@@ -8,6 +8,7 @@
 //! 4. the environment's response headers apply to every answer, and failures become
 //!    gatehouse's own pages ([`crate::pages`]).
 
+pub mod admission;
 pub mod client_address;
 mod failure;
 pub mod fields;
@@ -23,20 +24,16 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use client_address::ClientAddress;
 use observe::{AccessEntry, Details, Exchange, ObservedBody};
-use serde::Serialize;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
-use crate::access;
 use crate::connection::ConnectionInfo;
-use crate::live::{Installed, Served};
+use crate::live::Installed;
 use crate::logs::LogSink;
-use crate::pages::{ResponseBody, page};
-use crate::route::{MalformedHost, request_host};
-use crate::snapshot::{Environment, Snapshot};
+use crate::pages::ResponseBody;
+use crate::route::request_host;
 use request_id::RequestIds;
 
 /// What the request path reads, and nothing else: the configuration in force with its live
@@ -67,12 +64,13 @@ pub fn handle(
     async move {
         let (shared, connection): (&RequestPath, &ConnectionInfo) = (&shared, &connection);
         let started = Instant::now();
+        // Read through `installed` wherever needed: a local reference to its snapshot would be
+        // one more field of the request's state across the wait.
         let installed = shared.installed.load_full();
-        let snapshot = &*installed.snapshot;
         // The connection's last request: answered, then the connection finishes (HTTP/1.1 closes,
         // HTTP/2 sends GOAWAY), so that no client holds one connection forever.
         let served = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let last_on_connection = served >= snapshot.settings.max_requests_per_connection;
+        let last_on_connection = served >= installed.snapshot.settings.max_requests_per_connection;
         let method = request.method().clone();
         let version = request.version();
         let request_id = shared.request_ids.next();
@@ -80,22 +78,29 @@ pub fn handle(
         let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
         let host = request_host(&request).ok();
         let mut details = Details::default();
-        let admitted = admit(
+        let admitted = admission::admit(
             shared,
             connection,
             &installed,
             host.clone(),
             &request_id,
-            request,
+            &request,
             &mut details,
-        );
+        )
+        .map(|admission| {
+            let environment = admission.environment;
+            (
+                environment,
+                forward::prepare(connection, &request_id, admission, request),
+            )
+        });
         let mut response = forward::forward(admitted, &mut details).await;
         // The environment's header policy covers its every answer, gatehouse's own pages included;
         // without an environment (400, 404, 421) the platform's own headers apply.
         let environment = details.environment.and_then(|index| installed.environment(index));
         match environment {
             Some(environment) => environment.config.headers.apply(response.headers_mut()),
-            None => snapshot.unrouted_headers.apply(response.headers_mut()),
+            None => installed.snapshot.unrouted_headers.apply(response.headers_mut()),
         }
 
         if last_on_connection {
@@ -122,7 +127,7 @@ pub fn handle(
                 status,
                 upstream: details.upstream,
                 decision: details.decision,
-                format: snapshot.settings.access_log_format,
+                format: installed.snapshot.settings.access_log_format,
             };
             (Box::new(entry), shared.access_log.clone())
         });
@@ -137,78 +142,6 @@ pub fn handle(
     }
 }
 
-/// The request's phases up to forwarding: route (400, 404), TLS policy (421), rate limit (429),
-/// access (400, 403), rewrite for the app (400, 413); `Err` is gatehouse's own answer. Nothing
-/// here waits: the caller awaits only the exchange with the app, so the request's future holds
-/// none of this function's state.
-#[expect(
-    clippy::result_large_err,
-    reason = "the request on its way out is as large as the answer that replaces it; boxing either adds an allocation"
-)]
-fn admit<'a>(
-    shared: &RequestPath,
-    connection: &ConnectionInfo,
-    installed: &'a Installed,
-    host: Option<HeaderValue>,
-    request_id: &HeaderValue,
-    request: Request<Incoming>,
-    details: &mut Details,
-) -> Result<(Served<'a>, forward::Prepared), Response<ResponseBody>> {
-    let snapshot = &*installed.snapshot;
-    let uri_bytes = request.uri().path_and_query().map_or(0, |path| path.as_str().len());
-    if uri_bytes > snapshot.settings.max_uri_bytes {
-        return Err(page(StatusCode::URI_TOO_LONG));
-    }
-    let Some(host) = host else {
-        return Err(page(StatusCode::BAD_REQUEST));
-    };
-    let route = match snapshot.route(host.as_bytes()) {
-        Err(MalformedHost) => return Err(page(StatusCode::BAD_REQUEST)),
-        Ok(None) => return Err(page(StatusCode::NOT_FOUND)),
-        Ok(Some(route)) => route,
-    };
-    // A connection may only carry hosts served under the TLS terms it was opened with; HTTP/2
-    // clients reuse connections for every name a certificate covers.
-    let same_policy = snapshot
-        .policies
-        .get(route.policy)
-        .is_some_and(|policy| policy.key == connection.policy);
-    if !same_policy {
-        return Err(page(StatusCode::MISDIRECTED_REQUEST));
-    }
-    let Some(environment) = installed.environment(route.environment) else {
-        return Err(page(StatusCode::NOT_FOUND));
-    };
-    details.environment = Some(route.environment);
-    let client = client_address::resolve(
-        connection.client.ip(),
-        request.headers(),
-        &snapshot.settings.trusted_forwarders,
-    );
-    details.client = Some(client.ip);
-    if let Some(limiter) = &environment.live.rate_limiter
-        && let Err(wait) = limiter.check(client.ip)
-    {
-        let mut refusal = page(StatusCode::TOO_MANY_REQUESTS);
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        refusal
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        return Err(refusal);
-    }
-    let context = RequestContext {
-        shared,
-        connection,
-        environment,
-        client: &client,
-        request_id,
-    };
-    if let Some(refusal) = check_access(&context, snapshot, &host, &request, details) {
-        return Err(refusal);
-    }
-    Ok((environment, forward::prepare(&context, host, request)?))
-}
-
 /// The client address as text for the access log: the connection's own text, unless a trusted
 /// forwarder named another client.
 fn client_text(resolved: Option<IpAddr>, connection: &ConnectionInfo) -> HeaderValue {
@@ -220,107 +153,27 @@ fn client_text(resolved: Option<IpAddr>, connection: &ConnectionInfo) -> HeaderV
     }
 }
 
-/// What the later phases of a routed request share.
-#[derive(Clone, Copy)]
-pub struct RequestContext<'a> {
-    pub shared: &'a RequestPath,
-    pub connection: &'a ConnectionInfo,
-    pub environment: Served<'a>,
-    pub client: &'a ClientAddress,
-    pub request_id: &'a HeaderValue,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Apply the environment's access rules. `Some` is the answer for a refused request, which
-/// then never reaches the app.
-fn check_access<B>(
-    context: &RequestContext<'_>,
-    snapshot: &Snapshot,
-    host: &HeaderValue,
-    request: &Request<B>,
-    details: &mut Details,
-) -> Option<Response<ResponseBody>> {
-    let RequestContext {
-        shared,
-        connection,
-        environment,
-        client,
-        request_id,
-    } = *context;
-    let path = request.uri().path();
-    let evaluation = access::evaluate(&snapshot.profiles, &environment.config.rules, path, client.ip, |ca| {
-        connection.certificate_status(ca)
-    });
-    match evaluation {
-        Ok(evaluation) => {
-            details.decision = Some(evaluation.decision);
-            environment.live.metrics.decided(evaluation.decision);
-            if evaluation.decision.is_allowed() {
-                return None;
-            }
-            let rule = evaluation.rule.map_or("", |rule| rule.prefix);
-            audit_denial(
-                shared,
-                environment.config,
-                client.ip,
-                host,
-                path,
-                rule,
-                evaluation.decision,
-                request_id,
-            );
-            Some(match &environment.config.forbidden_page {
-                Some(custom) => custom.respond(StatusCode::FORBIDDEN),
-                None => page(StatusCode::FORBIDDEN),
-            })
-        }
-        Err(err) => {
-            tracing::info!(target: "gatehouse::access", environment = %environment.config.name, client = %client.ip, path, error = %err, "path refused");
-            Some(page(StatusCode::BAD_REQUEST))
-        }
+    /// The size of the future that `handle` returns, without a request to call it with.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Arc<RequestPath>, Arc<ConnectionInfo>, Request<Incoming>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
     }
-}
 
-#[derive(Serialize)]
-struct DenialLine<'a> {
-    time: String,
-    log: &'static str,
-    event: &'static str,
-    request_id: &'a str,
-    environment: &'a str,
-    client: String,
-    host: &'a str,
-    path: &'a str,
-    rule: &'a str,
-    reason: &'static str,
-}
-
-/// A denial goes to the audit log (for a SIEM) and to the process log.
-#[allow(clippy::too_many_arguments)]
-fn audit_denial(
-    shared: &RequestPath,
-    environment: &Environment,
-    client: IpAddr,
-    host: &HeaderValue,
-    path: &str,
-    rule: &str,
-    decision: access::profile::Decision,
-    request_id: &HeaderValue,
-) {
-    let host = String::from_utf8_lossy(host.as_bytes());
-    tracing::info!(target: "gatehouse::access", environment = %environment.name, %client, %host, path, rule, reason = decision.reason(), "request denied");
-    if shared.audit_log.enabled() {
-        let line = DenialLine {
-            time: crate::logs::rfc3339_now(),
-            log: "audit",
-            event: "access_denied",
-            request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or("-"),
-            environment: &environment.name,
-            client: client.to_string(),
-            host: &host,
-            path,
-            rule,
-            reason: decision.reason(),
-        };
-        shared.audit_log.write(serde_json::to_string(&line).unwrap_or_default());
+    /// Every request in flight is one boxed future of this size (`server::http::Answering`),
+    /// moved into its box once per request: what it holds across the wait for the app costs
+    /// memory and copying on every request. 2,320 bytes since the request path stopped keeping
+    /// copies of its arguments and of the admission (benches/RESULTS.md); a change that grows it
+    /// must say why, and raise this bound with the reason.
+    #[test]
+    fn a_request_in_flight_holds_no_more_state_than_it_did() {
+        let size = future_size(handle);
+        println!("request future: {size} bytes");
+        assert!(size <= 2320, "the request's future grew to {size} bytes");
     }
 }

@@ -1,23 +1,12 @@
 //! Rewriting a client's request for the app: hop-by-hop fields and every field only gatehouse
 //! may set are removed from what the client sent, gatehouse's own `X-Forwarded-*`, `X-Real-IP`,
-//! `X-Request-Id`, `SSL-*` and `Host` are set, HTTP/2-only forms are translated, and the target
-//! becomes the origin form an HTTP/1.1 request line carries.
+//! `X-Request-Id`, `SSL-*` and `Host` are set, and HTTP/2-only forms are translated.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
 
 use super::client_address::ClientAddress;
 use super::fields::*;
 use crate::connection::ConnectionInfo;
-
-/// The request's path and query, as an HTTP/1.1 request line carries it.
-pub fn origin_form(original: &Uri) -> Result<Uri, http::Error> {
-    let path = original
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder().path_and_query(path).build()
-}
 
 /// Remove what must not travel from the client to the app, and translate HTTP/2-only forms.
 pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {

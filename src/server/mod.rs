@@ -26,12 +26,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, ConfigErrors};
 use crate::live::{Installed, LiveState};
-use crate::logs::LogSink;
+use crate::logs::{ConfigReload, EnvironmentChanges, LogSink};
 use crate::metrics::Metrics;
 use crate::proxy::RequestPath;
 use crate::proxy::request_id::RequestIds;
@@ -94,7 +93,7 @@ impl Shared {
                     }
                 };
                 let settings = snapshot.settings.clone();
-                let changes = Changes::between(&old, &snapshot);
+                let changes = environment_changes(&old, &snapshot);
                 let new_sha256 = snapshot.sha256.clone();
                 self.install(snapshot);
                 listeners.commit(prepared, &settings, self);
@@ -132,13 +131,13 @@ impl Shared {
         trigger: ReloadTrigger,
         old: &str,
         new: Option<&str>,
-        changes: Option<Changes>,
+        changes: Option<EnvironmentChanges>,
         error: Option<String>,
     ) {
         if !self.requests.audit_log.enabled() {
             return;
         }
-        let line = ReloadLine {
+        let line = ConfigReload {
             time: crate::logs::rfc3339_now(),
             log: "audit",
             event: "config_reload",
@@ -321,47 +320,24 @@ impl Drop for Proxy {
     }
 }
 
-#[derive(Serialize)]
-struct ReloadLine<'a> {
-    time: String,
-    log: &'static str,
-    event: &'static str,
-    trigger: &'static str,
-    result: &'static str,
-    old_sha256: &'a str,
-    new_sha256: Option<&'a str>,
-    #[serde(flatten)]
-    changes: Option<Changes>,
-    error: Option<String>,
-}
-
-/// Environments added, removed and changed between two configurations.
-#[derive(Debug, Serialize)]
-struct Changes {
-    added: Vec<String>,
-    removed: Vec<String>,
-    changed: Vec<String>,
-}
-
-impl Changes {
-    fn between(old: &Snapshot, new: &Snapshot) -> Self {
-        let index = |snapshot: &Snapshot| -> BTreeMap<String, String> {
-            snapshot
-                .summary
-                .environments
-                .iter()
-                .map(|env| (env.name.clone(), env.sha256.clone()))
-                .collect()
-        };
-        let (old, new) = (index(old), index(new));
-        Self {
-            added: new.keys().filter(|name| !old.contains_key(*name)).cloned().collect(),
-            removed: old.keys().filter(|name| !new.contains_key(*name)).cloned().collect(),
-            changed: new
-                .iter()
-                .filter(|(name, hash)| old.get(*name).is_some_and(|old_hash| old_hash != *hash))
-                .map(|(name, _)| name.clone())
-                .collect(),
-        }
+/// Environments added, removed and changed between two configurations, for the audit log.
+fn environment_changes(old: &Snapshot, new: &Snapshot) -> EnvironmentChanges {
+    let index = |snapshot: &Snapshot| -> BTreeMap<String, String> {
+        snapshot
+            .summary
+            .environments
+            .iter()
+            .map(|env| (env.name.clone(), env.sha256.clone()))
+            .collect()
+    };
+    let (old, new) = (index(old), index(new));
+    EnvironmentChanges {
+        added: new.keys().filter(|name| !old.contains_key(*name)).cloned().collect(),
+        removed: old.keys().filter(|name| !new.contains_key(*name)).cloned().collect(),
+        changed: new
+            .iter()
+            .filter(|(name, hash)| old.get(*name).is_some_and(|old_hash| old_hash != *hash))
+            .map(|(name, _)| name.clone())
+            .collect(),
     }
 }

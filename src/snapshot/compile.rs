@@ -591,7 +591,7 @@ fn assemble(
         environment.max_request_body = draft.max_request_body;
         environment.rate = draft.rate;
         environment.headers = draft.headers;
-        environments.push(environment);
+        environments.push(Arc::new(environment));
     }
 
     let platform_certificate = certificate_summary(&platform, platform_label);

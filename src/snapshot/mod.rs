@@ -14,6 +14,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -48,7 +49,9 @@ pub struct Snapshot {
     /// Headers on answers to requests that reach no environment (the platform defaults).
     pub unrouted_headers: HeaderPolicy,
     pub routes: RouteTable,
-    pub environments: Vec<Environment>,
+    /// Shared with the live state's pairing ([`crate::live::Installed`]), so that one reference
+    /// gives the request path an environment's settings and its live state together.
+    pub environments: Vec<Arc<Environment>>,
     /// The platform certificate's policy, used for no or unknown SNI.
     pub platform_policy: TlsPolicy,
     /// Every TLS policy that a route can name; index 0 is the platform policy.

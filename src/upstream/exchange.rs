@@ -81,14 +81,54 @@ struct Replay {
     headers: HeaderMap,
 }
 
+/// Whether a request may be sent again after it was written and its connection broke before any
+/// response byte: an idempotent method (RFC 9110 9.2.2; POST and PATCH never), no body (a
+/// streamed body cannot be sent twice), and not an upgrade.
+fn replayable(method: &Method, bodiless: bool, upgrade: bool) -> bool {
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    );
+    idempotent && bodiless && !upgrade
+}
+
+/// How an attempt failed, as far as sending the request again is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptFailed {
+    /// No connection could be opened: nothing was sent.
+    NotConnected,
+    /// A pooled connection was found closed before the request was written.
+    NotWritten,
+    /// The request was written and the connection broke before any response byte.
+    WrittenUnanswered,
+}
+
+/// Where a failed attempt may go again (retries left and instances permitting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendAgain {
+    Never,
+    /// To another instance only.
+    ElsewhereOnly,
+    /// To another instance, or on a new connection to the same one when it is the only one.
+    Anywhere,
+}
+
+/// The retry rule: a request that was not sent may go again anywhere; one that was written only
+/// if it can be replayed, and only elsewhere. (A timeout is never sent again, so it never asks:
+/// the app may still be working on the request.)
+fn send_again(failed: AttemptFailed, replayable: bool) -> SendAgain {
+    match failed {
+        AttemptFailed::NotConnected => SendAgain::ElsewhereOnly,
+        AttemptFailed::NotWritten => SendAgain::Anywhere,
+        AttemptFailed::WrittenUnanswered if replayable => SendAgain::ElsewhereOnly,
+        AttemptFailed::WrittenUnanswered => SendAgain::Never,
+    }
+}
+
 impl Replay {
     fn of(request: &Request<RequestBody>, upgrade: bool) -> Option<Self> {
-        let idempotent = matches!(
-            *request.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        );
         let bodiless = http_body::Body::is_end_stream(request.body());
-        (idempotent && bodiless && !upgrade).then(|| Self {
+        replayable(request.method(), bodiless, upgrade).then(|| Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
             headers: request.headers().clone(),
@@ -144,8 +184,8 @@ pub fn send(
                 Err(err) => {
                     group.record(&instance, Outcome::Failure);
                     tracing::warn!(environment = %group.environment, instance = %instance.label, error = %err, "cannot connect to instance");
-                    // Nothing was sent: any request may go to another instance.
-                    match next_attempt(group, &instance, &mut attempts_left, false) {
+                    let again = send_again(AttemptFailed::NotConnected, replay.is_some());
+                    match next_attempt(group, &instance, &mut attempts_left, again) {
                         Some(next) => {
                             instance = next;
                             continue;
@@ -159,6 +199,7 @@ pub fn send(
             match outcome {
                 Err(_elapsed) => {
                     group.record(&instance, Outcome::Failure);
+                    // Never sent again: the app may still be working on it.
                     return Err(failed(Failure::Timeout(policy.response_timeout)));
                 }
                 Ok(Ok((response, connection))) => {
@@ -179,19 +220,18 @@ pub fn send(
                     });
                 }
                 Ok(Err(mut err)) => {
-                    // Not written at all (a pooled connection that had closed meanwhile): any request
-                    // may go again, even to the same instance on a new connection. Written but
-                    // unanswered: only a replayable one, and only to another instance.
-                    let (again, same_instance_ok) = match err.take_message() {
-                        Some(message) => (Some(message), true),
+                    // Not written at all: hyper gives the request back. Written: only a replay.
+                    let (again, how) = match err.take_message() {
+                        Some(message) => (Some(message), AttemptFailed::NotWritten),
                         None => {
                             group.record(&instance, Outcome::Failure);
-                            (replay.as_ref().map(Replay::request), false)
+                            (replay.as_ref().map(Replay::request), AttemptFailed::WrittenUnanswered)
                         }
                     };
+                    let rule = send_again(how, replay.is_some());
                     let next = again
                         .is_some()
-                        .then(|| next_attempt(group, &instance, &mut attempts_left, same_instance_ok))
+                        .then(|| next_attempt(group, &instance, &mut attempts_left, rule))
                         .flatten();
                     match (again, next) {
                         (Some(message), Some(next)) => {
@@ -207,19 +247,19 @@ pub fn send(
     }
 }
 
-/// The instance for the next attempt, if a retry is left and an instance is available: another
-/// one, or (when `same_ok`) the same one if it is the only one.
+/// The instance for the next attempt, if the rule allows one, a retry is left and an instance is
+/// available: another one, or (for [`SendAgain::Anywhere`]) the same one if it is the only one.
 fn next_attempt(
     group: &UpstreamGroup,
     failed: &Instance,
     attempts_left: &mut u32,
-    same_ok: bool,
+    rule: SendAgain,
 ) -> Option<Arc<Instance>> {
-    if *attempts_left == 0 {
+    if *attempts_left == 0 || rule == SendAgain::Never {
         return None;
     }
     let next = group.pick(Some(failed))?;
-    if std::ptr::eq(next.as_ref(), failed) && !same_ok {
+    if std::ptr::eq(next.as_ref(), failed) && rule != SendAgain::Anywhere {
         return None;
     }
     *attempts_left -= 1;
@@ -347,4 +387,41 @@ fn absolute_uri(origin: &Uri, host: &HeaderValue) -> Option<Uri> {
         .path_and_query(path)
         .build()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bodiless_idempotent_requests_that_do_not_upgrade_are_replayable() {
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE] {
+            assert!(replayable(&method, true, false), "{method}");
+            assert!(!replayable(&method, false, false), "{method} with a body");
+        }
+        assert!(!replayable(&Method::GET, true, true), "an upgrade");
+        for method in [Method::POST, Method::PATCH, Method::CONNECT, Method::TRACE] {
+            assert!(!replayable(&method, true, false), "{method} without a body");
+        }
+    }
+
+    #[test]
+    fn what_was_not_sent_goes_again_and_what_was_written_only_if_replayable() {
+        use AttemptFailed::*;
+        let cases = [
+            (NotConnected, false, SendAgain::ElsewhereOnly),
+            (NotConnected, true, SendAgain::ElsewhereOnly),
+            (NotWritten, false, SendAgain::Anywhere),
+            (NotWritten, true, SendAgain::Anywhere),
+            (WrittenUnanswered, false, SendAgain::Never),
+            (WrittenUnanswered, true, SendAgain::ElsewhereOnly),
+        ];
+        for (failed, replayable, expected) in cases {
+            assert_eq!(
+                send_again(failed, replayable),
+                expected,
+                "{failed:?}, replayable: {replayable}"
+            );
+        }
+    }
 }

@@ -280,3 +280,110 @@ pub fn states(groups: &[Arc<UpstreamGroup>]) -> Vec<(Box<str>, Box<str>, bool)> 
     }
     states
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::resolve::Resolver;
+    use super::spec::{HealthCheck, Outlier, PoolLimits};
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn group(balance: Balance, instances: u16) -> UpstreamGroup {
+        let addresses: Vec<(SocketAddr, usize)> = (0..instances)
+            .map(|index| (SocketAddr::from(([127, 0, 0, 1], 9000 + index)), usize::from(index)))
+            .collect();
+        let spec = UpstreamSpec {
+            targets: addresses.iter().map(|(addr, _)| Target::Address(*addr)).collect(),
+            balance,
+            health_check: None,
+            outlier: Outlier {
+                consecutive_failures: 5,
+                base_ejection: Duration::from_secs(10),
+                max_ejection: Duration::from_secs(300),
+                max_ejected_percent: 50,
+                slow_start: Duration::ZERO,
+            },
+            pool: PoolLimits {
+                max_idle_per_instance: 8,
+                idle_timeout: Duration::from_secs(60),
+            },
+            connect_timeout: Duration::from_secs(1),
+            tls: None,
+            resolver: Resolver::System,
+            resolve_interval: Duration::from_secs(30),
+        };
+        let metrics = Metrics::new().unwrap_or_else(|err| panic!("metrics: {err}"));
+        let resolved = ResolvedUpstream { spec, addresses };
+        UpstreamGroup::new(
+            "shop",
+            &resolved,
+            metrics.environment("shop"),
+            metrics.upstream_connections(),
+        )
+    }
+
+    /// Take `instance` out as a failed health check does.
+    fn fail_check(group: &UpstreamGroup, index: usize) {
+        let check = HealthCheck {
+            path: "/".into(),
+            host: "shop".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            expected_status: 200..=399,
+        };
+        group.instances()[index].checked(false, group.now(), &check);
+    }
+
+    fn picked_ports(group: &UpstreamGroup, times: usize, avoid: Option<&Instance>) -> Vec<u16> {
+        (0..times)
+            .map(|_| group.pick(avoid).map_or(0, |instance| instance.addr.port()))
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_takes_the_available_instances_in_turn() {
+        let group = group(Balance::RoundRobin, 3);
+        let mut ports = picked_ports(&group, 6, None);
+        ports.sort_unstable();
+        assert_eq!(ports, [9000, 9000, 9001, 9001, 9002, 9002]);
+        // A down instance's turn passes to the next available one.
+        fail_check(&group, 1);
+        let ports = picked_ports(&group, 6, None);
+        assert!(!ports.contains(&9001), "a down instance was picked: {ports:?}");
+        assert!(ports.contains(&9000) && ports.contains(&9002), "{ports:?}");
+    }
+
+    #[test]
+    fn an_avoided_instance_is_picked_only_when_no_other_is_available() {
+        for balance in [Balance::RoundRobin, Balance::LeastOutstanding] {
+            let group = group(balance, 2);
+            let first = group.instances()[0].clone();
+            assert_eq!(picked_ports(&group, 4, Some(&first)), [9001; 4], "{balance:?}");
+            fail_check(&group, 1);
+            assert_eq!(picked_ports(&group, 2, Some(&first)), [9000; 2], "{balance:?}");
+            fail_check(&group, 0);
+            assert!(
+                group.pick(Some(&first)).is_none(),
+                "{balance:?}: every instance is down"
+            );
+            assert!(group.pick(None).is_none(), "{balance:?}: every instance is down");
+        }
+    }
+
+    #[test]
+    fn least_outstanding_picks_the_instance_with_the_fewest_requests_in_flight() {
+        let group = group(Balance::LeastOutstanding, 3);
+        let instances = group.instances();
+        instances[0].request_started();
+        instances[0].request_started();
+        instances[2].request_started();
+        assert_eq!(picked_ports(&group, 5, None), [9001; 5]);
+        instances[1].request_started();
+        instances[1].request_started();
+        assert_eq!(picked_ports(&group, 5, None), [9002; 5]);
+    }
+}
