@@ -306,12 +306,41 @@ fn rfc3339_seconds_of(second: u64) -> String {
     text
 }
 
-/// The audit log's line for a request that an access profile refused.
+/// Audit events, each written as one JSON line: `time`, `log` ("audit"), `event`, then the
+/// event's own fields.
+pub trait AuditEvent: serde::Serialize {
+    /// The `event` field's value.
+    const NAME: &'static str;
+}
+
+#[derive(serde::Serialize)]
+struct AuditLine<'a, E> {
+    time: String,
+    log: &'static str,
+    event: &'static str,
+    #[serde(flatten)]
+    fields: &'a E,
+}
+
+impl LogSink {
+    /// Queue `event` as an audit line (when this log is on).
+    pub fn audit<E: AuditEvent>(&self, event: &E) {
+        if !self.enabled() {
+            return;
+        }
+        let line = AuditLine {
+            time: rfc3339_now(),
+            log: "audit",
+            event: E::NAME,
+            fields: event,
+        };
+        self.write(serde_json::to_string(&line).unwrap_or_default());
+    }
+}
+
+/// A request that an access profile refused.
 #[derive(Debug, serde::Serialize)]
 pub struct AccessDenied<'a> {
-    pub time: String,
-    pub log: &'static str,
-    pub event: &'static str,
     pub request_id: &'a str,
     pub environment: &'a str,
     pub client: String,
@@ -321,12 +350,13 @@ pub struct AccessDenied<'a> {
     pub reason: &'static str,
 }
 
-/// The audit log's line for a configuration reload, successful or refused.
+impl AuditEvent for AccessDenied<'_> {
+    const NAME: &'static str = "access_denied";
+}
+
+/// A configuration reload, installed or refused.
 #[derive(Debug, serde::Serialize)]
 pub struct ConfigReload<'a> {
-    pub time: String,
-    pub log: &'static str,
-    pub event: &'static str,
     pub trigger: &'static str,
     pub result: &'static str,
     pub old_sha256: &'a str,
@@ -334,6 +364,10 @@ pub struct ConfigReload<'a> {
     #[serde(flatten)]
     pub changes: Option<EnvironmentChanges>,
     pub error: Option<String>,
+}
+
+impl AuditEvent for ConfigReload<'_> {
+    const NAME: &'static str = "config_reload";
 }
 
 /// Environments added, removed and changed by a reload, by name.

@@ -211,10 +211,7 @@ fn audit_denial(
     let host = String::from_utf8_lossy(host.as_bytes());
     tracing::info!(target: "gatehouse::access", environment = %environment.name, %client, %host, path, rule, reason = decision.reason(), "request denied");
     if requests.audit_log.enabled() {
-        let line = AccessDenied {
-            time: crate::logs::rfc3339_now(),
-            log: "audit",
-            event: "access_denied",
+        requests.audit_log.audit(&AccessDenied {
             request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or("-"),
             environment: &environment.name,
             client: client.to_string(),
@@ -222,10 +219,7 @@ fn audit_denial(
             path,
             rule,
             reason: decision.reason(),
-        };
-        requests
-            .audit_log
-            .write(serde_json::to_string(&line).unwrap_or_default());
+        });
     }
 }
 

@@ -134,23 +134,14 @@ impl Shared {
         changes: Option<EnvironmentChanges>,
         error: Option<String>,
     ) {
-        if !self.requests.audit_log.enabled() {
-            return;
-        }
-        let line = ConfigReload {
-            time: crate::logs::rfc3339_now(),
-            log: "audit",
-            event: "config_reload",
+        self.requests.audit_log.audit(&ConfigReload {
             trigger: trigger.as_str(),
             result: if error.is_none() { "success" } else { "failure" },
             old_sha256: old,
             new_sha256: new,
             changes,
             error,
-        };
-        self.requests
-            .audit_log
-            .write(serde_json::to_string(&line).unwrap_or_default());
+        });
     }
 }
 
