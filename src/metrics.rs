@@ -16,70 +16,114 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::access::profile::{AllowReason, Decision, DenyReason};
+use crate::access::profile::Decision;
 
 /// Label value for requests that matched no environment (404, 400 before routing, 421).
 /// Environment names cannot start with '_', so it cannot collide with one.
 pub const UNROUTED: &str = "_unrouted";
 
-const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"];
+/// The `status` label: the class of the status code, by its first digit.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const DECISIONS: [(&str, &str); 9] = [
-    ("allow", "open"),
-    ("allow", "range"),
-    ("allow", "certificate"),
-    ("allow", "range_and_certificate"),
-    ("deny", "deny_all"),
-    ("deny", "deny_range"),
-    ("deny", "not_in_range"),
-    ("deny", "no_certificate"),
-    ("deny", "certificate_rejected"),
-];
 
-/// Why an upstream request failed, as counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    Connect,
-    Timeout,
-    Other,
-    /// No instance was available (all down or ejected): 503.
-    NoInstance,
+/// Each label's values come from the enum they describe: `ALL` lists the variants in
+/// declaration order (so a variant's `as usize` is its place in `ALL` and in the arrays of
+/// series slots sized by it), and `as_str` is the label value.
+macro_rules! label_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$variant_meta])* $variant,)+ }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $label,)+ }
+            }
+        }
+    };
 }
 
-const UPSTREAM_ERRORS: [&str; 4] = ["connect", "timeout", "other", "no_instance"];
-
-/// Why a TLS handshake failed, as counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    Timeout,
-    ProxyProtocol,
-    NotTls,
-    ProtocolVersion,
-    NoSharedCipher,
-    BadCertificate,
-    PeerClosed,
-    Other,
+label_enum! {
+    /// The `method` label: the common methods by name, every other one as `other`, so that
+    /// clients cannot make up series.
+    pub enum MethodLabel {
+        Get => "GET",
+        Head => "HEAD",
+        Post => "POST",
+        Put => "PUT",
+        Delete => "DELETE",
+        Patch => "PATCH",
+        Options => "OPTIONS",
+        Other => "other",
+    }
 }
 
-const HANDSHAKE_FAILURES: [&str; 8] = [
-    "timeout",
-    "proxy_protocol",
-    "not_tls",
-    "protocol_version",
-    "no_shared_cipher",
-    "bad_certificate",
-    "peer_closed",
-    "other",
-];
+impl MethodLabel {
+    pub fn of(method: &Method) -> Self {
+        match *method {
+            Method::GET => Self::Get,
+            Method::HEAD => Self::Head,
+            Method::POST => Self::Post,
+            Method::PUT => Self::Put,
+            Method::DELETE => Self::Delete,
+            Method::PATCH => Self::Patch,
+            Method::OPTIONS => Self::Options,
+            _ => Self::Other,
+        }
+    }
+}
 
-/// Why access or audit log lines did not reach their log, as counted (the `reason` label's
-/// values in this order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogDrop {
-    /// The writer's queue was full: it fell behind the requests.
-    QueueFull,
-    /// The log file could not be opened, or a write to it failed (disk full, closed pipe).
-    WriteFailed,
+label_enum! {
+    /// Why an upstream request failed, as counted.
+    pub enum UpstreamError {
+        Connect => "connect",
+        Timeout => "timeout",
+        Other => "other",
+        /// No instance was available (all down or ejected): 503.
+        NoInstance => "no_instance",
+    }
+}
+
+label_enum! {
+    /// Why a TLS handshake failed, as counted.
+    pub enum HandshakeFailure {
+        Timeout => "timeout",
+        ProxyProtocol => "proxy_protocol",
+        NotTls => "not_tls",
+        ProtocolVersion => "protocol_version",
+        NoSharedCipher => "no_shared_cipher",
+        BadCertificate => "bad_certificate",
+        PeerClosed => "peer_closed",
+        Other => "other",
+    }
+}
+
+label_enum! {
+    /// Why access or audit log lines did not reach their log, as counted.
+    pub enum LogDrop {
+        /// The writer's queue was full: it fell behind the requests.
+        QueueFull => "queue_full",
+        /// The log file could not be opened, or a write to it failed (disk full, closed pipe).
+        WriteFailed => "write_failed",
+    }
+}
+
+label_enum! {
+    /// Which connection limit closed a connection at accept.
+    pub enum ConnectionLimit {
+        Total => "max_connections",
+        PerClient => "max_connections_per_client",
+    }
+}
+
+/// One series per variant of a label enum, in the order of its `ALL`.
+fn series_by<E: Copy>(
+    all: &[E],
+    label: impl Fn(E) -> &'static str,
+    lookup: impl Fn(&str) -> Result<IntCounter>,
+) -> Result<Box<[IntCounter]>> {
+    all.iter().map(|&value| lookup(label(value))).collect()
 }
 
 /// The metric families whose series are per environment.
@@ -109,22 +153,25 @@ pub struct UpstreamConnections {
 pub struct Metrics {
     registry: Registry,
     families: Arc<Families>,
-    connections: [IntGauge; 2],
+    http1_connections: IntGauge,
+    http2_connections: IntGauge,
     handshakes: IntCounterVec,
-    handshake_failures: Vec<IntCounter>,
+    /// `gatehouse_tls_handshake_failures_total` by [`HandshakeFailure`].
+    handshake_failures: Box<[IntCounter]>,
     /// `gatehouse_tls_handshakes_total{result="failure"}`: version and policy are not known.
     handshakes_failed: IntCounter,
-    reloads: [IntCounter; 2],
+    reloads_succeeded: IntCounter,
+    reloads_failed: IntCounter,
     generation: IntGauge,
     last_reload: Gauge,
     config_info: IntGaugeVec,
     certificate_expiry: GaugeVec,
     /// `gatehouse_log_lines_dropped_total` by [`LogDrop`].
-    log_lines_dropped: [IntCounter; 2],
+    log_lines_dropped: Box<[IntCounter]>,
     upstream_connections: UpstreamConnections,
     instance_healthy: IntGaugeVec,
-    /// `gatehouse_connections_refused_total` for the total and the per-client limit.
-    connections_refused: [IntCounter; 2],
+    /// `gatehouse_connections_refused_total` by [`ConnectionLimit`].
+    connections_refused: Box<[IntCounter]>,
     environments: Mutex<HashMap<Box<str>, Arc<EnvironmentMetrics>>>,
 }
 
@@ -296,19 +343,14 @@ impl Metrics {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         Ok(Self {
-            connections: [
-                connections_vec.get_metric_with_label_values(&["http1"])?,
-                connections_vec.get_metric_with_label_values(&["http2"])?,
-            ],
-            handshake_failures: HANDSHAKE_FAILURES
-                .iter()
-                .map(|reason| failures_vec.get_metric_with_label_values(&[reason]))
-                .collect::<Result<_>>()?,
+            http1_connections: connections_vec.get_metric_with_label_values(&["http1"])?,
+            http2_connections: connections_vec.get_metric_with_label_values(&["http2"])?,
+            handshake_failures: series_by(HandshakeFailure::ALL, HandshakeFailure::as_str, |reason| {
+                failures_vec.get_metric_with_label_values(&[reason])
+            })?,
             handshakes_failed: handshakes.get_metric_with_label_values(&["failure", "unknown", "unknown"])?,
-            reloads: [
-                reloads_vec.get_metric_with_label_values(&["success"])?,
-                reloads_vec.get_metric_with_label_values(&["failure"])?,
-            ],
+            reloads_succeeded: reloads_vec.get_metric_with_label_values(&["success"])?,
+            reloads_failed: reloads_vec.get_metric_with_label_values(&["failure"])?,
             handshakes,
             registry,
             families: Arc::new(families),
@@ -316,19 +358,17 @@ impl Metrics {
             last_reload,
             config_info,
             certificate_expiry,
-            log_lines_dropped: [
-                log_lines_dropped.get_metric_with_label_values(&["queue_full"])?,
-                log_lines_dropped.get_metric_with_label_values(&["write_failed"])?,
-            ],
+            log_lines_dropped: series_by(LogDrop::ALL, LogDrop::as_str, |reason| {
+                log_lines_dropped.get_metric_with_label_values(&[reason])
+            })?,
             upstream_connections: UpstreamConnections {
                 open: upstream_connections,
                 opened: upstream_connections_opened,
             },
             instance_healthy,
-            connections_refused: [
-                refused.get_metric_with_label_values(&["max_connections"])?,
-                refused.get_metric_with_label_values(&["max_connections_per_client"])?,
-            ],
+            connections_refused: series_by(ConnectionLimit::ALL, ConnectionLimit::as_str, |limit| {
+                refused.get_metric_with_label_values(&[limit])
+            })?,
             environments: Mutex::new(HashMap::new()),
         })
     }
@@ -398,15 +438,20 @@ impl Metrics {
     }
 
     pub fn reload_succeeded(&self) {
-        self.reloads[0].inc();
+        self.reloads_succeeded.inc();
     }
 
     pub fn reload_failed(&self) {
-        self.reloads[1].inc();
+        self.reloads_failed.inc();
     }
 
     pub fn connection_opened(&self, http2: bool) -> ConnectionGuard {
-        let gauge = self.connections[usize::from(http2)].clone();
+        let gauge = if http2 {
+            &self.http2_connections
+        } else {
+            &self.http1_connections
+        }
+        .clone();
         gauge.inc();
         ConnectionGuard(gauge)
     }
@@ -431,13 +476,17 @@ impl Metrics {
     }
 
     /// A connection was closed at accept: over the total limit, or over its client's.
-    pub fn connection_refused(&self, per_client: bool) {
-        self.connections_refused[usize::from(per_client)].inc();
+    pub fn connection_refused(&self, limit: ConnectionLimit) {
+        if let Some(counter) = self.connections_refused.get(limit as usize) {
+            counter.inc();
+        }
     }
 
     /// `count` log lines did not reach their log, for `reason`.
     pub fn log_lines_dropped(&self, reason: LogDrop, count: u64) {
-        self.log_lines_dropped[reason as usize].inc_by(count);
+        if let Some(counter) = self.log_lines_dropped.get(reason as usize) {
+            counter.inc_by(count);
+        }
     }
 }
 
@@ -482,13 +531,13 @@ impl Drop for ConnectionGuard {
 pub struct EnvironmentMetrics {
     name: Box<str>,
     families: Arc<Families>,
-    requests: [[OnceLock<IntCounter>; 5]; 8],
+    requests: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; MethodLabel::ALL.len()],
     request_duration: OnceLock<Histogram>,
     upstream_duration: OnceLock<Histogram>,
     received_bytes: OnceLock<IntCounter>,
     sent_bytes: OnceLock<IntCounter>,
-    decisions: [OnceLock<IntCounter>; 9],
-    upstream_errors: [OnceLock<IntCounter>; 4],
+    decisions: [OnceLock<IntCounter>; Decision::ALL.len()],
+    upstream_errors: [OnceLock<IntCounter>; UpstreamError::ALL.len()],
     retries: OnceLock<IntCounter>,
     ejections: OnceLock<IntCounter>,
     health_checks: [OnceLock<IntCounter>; 2],
@@ -500,33 +549,6 @@ fn resolve<M: Clone>(slot: &OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> 
     }
     let metric = lookup()?;
     Some(slot.get_or_init(|| metric))
-}
-
-fn method_index(method: &Method) -> usize {
-    match *method {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::DELETE => 4,
-        Method::PATCH => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
-
-fn decision_index(decision: Decision) -> usize {
-    match decision {
-        Decision::Allow(AllowReason::Open) => 0,
-        Decision::Allow(AllowReason::Range) => 1,
-        Decision::Allow(AllowReason::Certificate) => 2,
-        Decision::Allow(AllowReason::RangeAndCertificate) => 3,
-        Decision::Deny(DenyReason::DenyAll) => 4,
-        Decision::Deny(DenyReason::DenyRange) => 5,
-        Decision::Deny(DenyReason::NotInRange) => 6,
-        Decision::Deny(DenyReason::NoCertificate) => 7,
-        Decision::Deny(DenyReason::CertificateRejected) => 8,
-    }
 }
 
 impl EnvironmentMetrics {
@@ -556,15 +578,20 @@ impl EnvironmentMetrics {
 
     pub fn request_done(&self, method: &Method, status: StatusCode, duration: Duration) {
         let families = &self.families;
-        let method_slot = method_index(method);
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        let method_label = METHODS[method_slot];
-        let slot = &self.requests[method_slot][class];
-        if let Some(counter) = resolve(slot, || {
-            families
-                .requests
-                .get_metric_with_label_values(&[&self.name, method_label, STATUS_CLASSES[class]])
-                .ok()
+        let method = MethodLabel::of(method);
+        let class = usize::from(status.as_u16() / 100).clamp(1, STATUS_CLASSES.len()) - 1;
+        let slot = self
+            .requests
+            .get(method as usize)
+            .and_then(|by_class| by_class.get(class));
+        if let Some(counter) = slot.and_then(|slot| {
+            resolve(slot, || {
+                let status = STATUS_CLASSES.get(class).copied().unwrap_or("5xx");
+                families
+                    .requests
+                    .get_metric_with_label_values(&[&self.name, method.as_str(), status])
+                    .ok()
+            })
         }) {
             counter.inc();
         }
@@ -591,12 +618,9 @@ impl EnvironmentMetrics {
     }
 
     pub fn upstream_failed(&self, error: UpstreamError) {
-        let index = error as usize;
-        self.counter(
-            &self.upstream_errors[index],
-            |f| &f.upstream_errors,
-            &[&self.name, UPSTREAM_ERRORS[index]],
-        );
+        if let Some(slot) = self.upstream_errors.get(error as usize) {
+            self.counter(slot, |f| &f.upstream_errors, &[&self.name, error.as_str()]);
+        }
     }
 
     pub fn upstream_retried(&self) {
@@ -613,13 +637,13 @@ impl EnvironmentMetrics {
     }
 
     pub fn decided(&self, decision: Decision) {
-        let index = decision_index(decision);
-        let (outcome, reason) = DECISIONS[index];
-        self.counter(
-            &self.decisions[index],
-            |f| &f.access_decisions,
-            &[&self.name, outcome, reason],
-        );
+        if let Some(slot) = self.decisions.get(decision.index()) {
+            self.counter(
+                slot,
+                |f| &f.access_decisions,
+                &[&self.name, decision.outcome(), decision.reason()],
+            );
+        }
     }
 
     pub fn bytes(&self, received: u64, sent: u64) {
@@ -637,6 +661,56 @@ impl EnvironmentMetrics {
             })
         {
             counter.inc_by(sent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A variant's `as usize` picks its series slot; `ALL` must list the variants in declaration
+    /// order for that slot to be the one resolved with its label.
+    fn in_order<E: Copy + std::fmt::Debug>(all: &[E], index: impl Fn(E) -> usize, label: impl Fn(E) -> &'static str) {
+        let mut labels = std::collections::HashSet::new();
+        for (position, &value) in all.iter().enumerate() {
+            assert_eq!(index(value), position, "{value:?}");
+            assert!(labels.insert(label(value)), "{value:?}: label used twice");
+        }
+    }
+
+    #[test]
+    fn every_label_enum_lists_its_variants_in_order_with_distinct_labels() {
+        in_order(MethodLabel::ALL, |v| v as usize, MethodLabel::as_str);
+        in_order(UpstreamError::ALL, |v| v as usize, UpstreamError::as_str);
+        in_order(HandshakeFailure::ALL, |v| v as usize, HandshakeFailure::as_str);
+        in_order(LogDrop::ALL, |v| v as usize, LogDrop::as_str);
+        in_order(ConnectionLimit::ALL, |v| v as usize, ConnectionLimit::as_str);
+        assert_eq!(
+            MethodLabel::of(&Method::from_bytes(b"PURGE").unwrap_or_default()),
+            MethodLabel::Other
+        );
+    }
+
+    #[test]
+    fn each_variant_is_counted_under_its_own_label() {
+        let metrics = Metrics::new().unwrap_or_else(|err| panic!("{err}"));
+        metrics.connection_refused(ConnectionLimit::PerClient);
+        metrics.log_lines_dropped(LogDrop::WriteFailed, 3);
+        metrics.handshake_failed(HandshakeFailure::ProxyProtocol);
+        let shop = metrics.environment("shop");
+        shop.upstream_failed(UpstreamError::NoInstance);
+        shop.request_done(&Method::PATCH, StatusCode::NOT_FOUND, Duration::from_millis(1));
+        let text = metrics.render();
+        for line in [
+            "gatehouse_connections_refused_total{limit=\"max_connections_per_client\"} 1",
+            "gatehouse_connections_refused_total{limit=\"max_connections\"} 0",
+            "gatehouse_log_lines_dropped_total{reason=\"write_failed\"} 3",
+            "gatehouse_tls_handshake_failures_total{reason=\"proxy_protocol\"} 1",
+            "gatehouse_upstream_errors_total{environment=\"shop\",kind=\"no_instance\"} 1",
+            "gatehouse_http_requests_total{environment=\"shop\",method=\"PATCH\",status=\"4xx\"} 1",
+        ] {
+            assert!(text.lines().any(|exposed| exposed == line), "missing: {line}");
         }
     }
 }

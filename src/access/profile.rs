@@ -117,8 +117,44 @@ impl DenyReason {
 }
 
 impl Decision {
+    /// Every decision, in the order of [`Decision::index`] (metric series are resolved by it).
+    pub const ALL: [Self; 9] = [
+        Self::Allow(AllowReason::Open),
+        Self::Allow(AllowReason::Range),
+        Self::Allow(AllowReason::Certificate),
+        Self::Allow(AllowReason::RangeAndCertificate),
+        Self::Deny(DenyReason::DenyAll),
+        Self::Deny(DenyReason::DenyRange),
+        Self::Deny(DenyReason::NotInRange),
+        Self::Deny(DenyReason::NoCertificate),
+        Self::Deny(DenyReason::CertificateRejected),
+    ];
+
+    /// The position of this decision in [`Decision::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::Allow(AllowReason::Open) => 0,
+            Self::Allow(AllowReason::Range) => 1,
+            Self::Allow(AllowReason::Certificate) => 2,
+            Self::Allow(AllowReason::RangeAndCertificate) => 3,
+            Self::Deny(DenyReason::DenyAll) => 4,
+            Self::Deny(DenyReason::DenyRange) => 5,
+            Self::Deny(DenyReason::NotInRange) => 6,
+            Self::Deny(DenyReason::NoCertificate) => 7,
+            Self::Deny(DenyReason::CertificateRejected) => 8,
+        }
+    }
+
     pub fn is_allowed(self) -> bool {
         matches!(self, Self::Allow(_))
+    }
+
+    /// `allow` or `deny`, as the `outcome` label says.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Self::Allow(_) => "allow",
+            Self::Deny(_) => "deny",
+        }
     }
 
     pub fn reason(self) -> &'static str {
@@ -166,6 +202,15 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_decision_sits_at_its_index_with_a_distinct_label() {
+        let mut labels = std::collections::HashSet::new();
+        for (position, decision) in Decision::ALL.into_iter().enumerate() {
+            assert_eq!(decision.index(), position, "{decision:?}");
+            assert!(labels.insert((decision.outcome(), decision.reason())), "{decision:?}");
+        }
+    }
 
     fn restricted(allow: &[&str], deny: &[&str], require: Require) -> Profile {
         let parse = |list: &[&str]| RangeSet::new(&list.iter().map(|r| r.parse().unwrap()).collect::<Vec<_>>());

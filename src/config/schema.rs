@@ -306,7 +306,7 @@ pub struct EnvironmentFile {
     pub upstreams: Spanned<Vec<Spanned<String>>>,
     /// How requests are spread over the instances.
     #[serde(default)]
-    pub load_balancing: LoadBalancing,
+    pub load_balancing: crate::upstream::spec::LoadBalancing,
     /// Times a failed request is sent again to another instance, where that is safe.
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -408,14 +408,6 @@ fn default_retries() -> u32 {
 
 fn default_maintenance_retry_after() -> ConfigDuration {
     ConfigDuration::secs(30)
-}
-
-#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LoadBalancing {
-    #[default]
-    RoundRobin,
-    LeastOutstanding,
 }
 
 /// `[pool]`: idle keep-alive connections to the instances.

@@ -15,8 +15,26 @@ const V1_MAX: usize = 107;
 const V2_MAX_PAYLOAD: usize = 4096;
 const V2_FIXED: usize = 16;
 
-fn invalid(reason: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("PROXY protocol: {reason}"))
+/// Why a connection's PROXY header was refused. Carried inside the `io::Error` that reading it
+/// returns, so that the handshake's failure metric can tell it from other errors by type.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyHeaderError {
+    #[error("PROXY protocol: v1 header longer than 107 bytes")]
+    V1TooLong,
+    #[error("PROXY protocol: v2 header too long")]
+    V2TooLong,
+    #[error("PROXY protocol: the connection does not start with a PROXY header")]
+    Missing,
+    #[error("PROXY protocol: header length mismatch")]
+    LengthMismatch,
+    #[error("PROXY protocol: malformed header ({0})")]
+    Malformed(String),
+}
+
+impl From<ProxyHeaderError> for io::Error {
+    fn from(error: ProxyHeaderError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
 }
 
 /// Read the PROXY header at the start of `stream` and return the client address it names. A
@@ -27,7 +45,7 @@ pub async fn read_client_address<S: AsyncRead + Unpin>(stream: &mut S, peer: Soc
     if header == b"PROXY" {
         while !header.ends_with(b"\r\n") {
             if header.len() >= V1_MAX {
-                return Err(invalid("v1 header longer than 107 bytes"));
+                return Err(ProxyHeaderError::V1TooLong.into());
             }
             header.push(stream.read_u8().await?);
         }
@@ -36,12 +54,12 @@ pub async fn read_client_address<S: AsyncRead + Unpin>(stream: &mut S, peer: Soc
         stream.read_exact(&mut header[5..]).await?;
         let payload = usize::from(u16::from_be_bytes([header[14], header[15]]));
         if payload > V2_MAX_PAYLOAD {
-            return Err(invalid("v2 header too long"));
+            return Err(ProxyHeaderError::V2TooLong.into());
         }
         header.resize(V2_FIXED + payload, 0);
         stream.read_exact(&mut header[V2_FIXED..]).await?;
     } else {
-        return Err(invalid("the connection does not start with a PROXY header"));
+        return Err(ProxyHeaderError::Missing.into());
     }
     let config = ParseConfig {
         include_tlvs: false,
@@ -51,7 +69,7 @@ pub async fn read_client_address<S: AsyncRead + Unpin>(stream: &mut S, peer: Soc
         Ok((parsed, consumed)) if consumed == header.len() => {
             Ok(parsed.proxied_address().map_or(peer, |address| address.source))
         }
-        Ok(_) => Err(invalid("header length mismatch")),
-        Err(err) => Err(invalid(&format!("malformed header ({err:?})"))),
+        Ok(_) => Err(ProxyHeaderError::LengthMismatch.into()),
+        Err(err) => Err(ProxyHeaderError::Malformed(format!("{err:?}")).into()),
     }
 }

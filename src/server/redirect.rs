@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::Shared;
+use crate::metrics::ConnectionLimit;
 use crate::pages::{ResponseBody, page, with_body};
 use crate::route::{MAX_HOST_LEN, normalize_host};
 
@@ -29,7 +30,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
     };
     let shared_for_drain = shared.clone();
     let Some(_total_place) = shared_for_drain.gate.admit(max_total) else {
-        shared.metrics.connection_refused(false);
+        shared.metrics.connection_refused(ConnectionLimit::Total);
         return;
     };
     let mut client = peer;
@@ -47,7 +48,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
         }
     }
     let Some(_client_place) = shared_for_drain.gate.admit_client(client.ip(), max_per_client) else {
-        shared.metrics.connection_refused(true);
+        shared.metrics.connection_refused(ConnectionLimit::PerClient);
         return;
     };
     let service = service_fn(move |request| {

@@ -14,7 +14,7 @@ use http::HeaderValue;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 
 use crate::connection::{ClientCertificate, ConnectionInfo};
-use crate::metrics::{HandshakeCounters, HandshakeFailure};
+use crate::metrics::{ConnectionLimit, HandshakeCounters, HandshakeFailure};
 use crate::tls::policy::TlsPolicy;
 
 /// Serve one accepted connection: admission, PROXY header, TLS handshake, then HTTP.
@@ -33,7 +33,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         )
     };
     let Some(_total_place) = shared.gate.admit(max_total) else {
-        shared.metrics.connection_refused(false);
+        shared.metrics.connection_refused(ConnectionLimit::Total);
         return;
     };
     // One deadline covers the PROXY header, the ClientHello and the handshake: a client that
@@ -53,7 +53,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     };
     // The client is known now (after a PROXY header, if any): hold its place or close.
     let Some(_client_place) = shared.gate.admit_client(client.ip(), max_per_client) else {
-        shared.metrics.connection_refused(true);
+        shared.metrics.connection_refused(ConnectionLimit::PerClient);
         return;
     };
     let Some((tls, connection, alpn_h2)) = Box::pin(establish(&shared, stream, peer, client, deadline)).await else {
@@ -146,7 +146,10 @@ fn failure_reason(err: &std::io::Error) -> HandshakeFailure {
     if err.kind() == std::io::ErrorKind::UnexpectedEof || err.kind() == std::io::ErrorKind::ConnectionReset {
         return HandshakeFailure::PeerClosed;
     }
-    if err.kind() == std::io::ErrorKind::InvalidData && err.to_string().starts_with("PROXY protocol") {
+    if err
+        .get_ref()
+        .is_some_and(|inner| inner.is::<super::proxy_protocol::ProxyHeaderError>())
+    {
         return HandshakeFailure::ProxyProtocol;
     }
     match err.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
@@ -198,6 +201,16 @@ mod tests {
         F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
     {
         std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn a_refused_proxy_header_is_told_apart_by_its_type_not_its_text() {
+        let refused: std::io::Error = super::super::proxy_protocol::ProxyHeaderError::Missing.into();
+        assert_eq!(failure_reason(&refused), HandshakeFailure::ProxyProtocol);
+        let lookalike = std::io::Error::new(std::io::ErrorKind::InvalidData, refused.to_string());
+        assert_eq!(failure_reason(&lookalike), HandshakeFailure::Other);
+        let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(failure_reason(&closed), HandshakeFailure::PeerClosed);
     }
 
     /// Every open connection is one task of this size for as long as it lives, idle or not.

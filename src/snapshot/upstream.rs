@@ -9,14 +9,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use toml::Spanned;
 
 use super::Settings;
-use crate::config::schema::{EnvironmentFile, HealthCheckSection, LoadBalancing, UpstreamTlsSection};
+use crate::config::schema::{EnvironmentFile, HealthCheckSection, UpstreamTlsSection};
 use crate::config::{ConfigError, SourceFile};
 use crate::tls::material::ServingCertificate;
 use crate::tls::policy::crypto_provider;
 use crate::upstream::resolve::resolve_all_blocking;
-use crate::upstream::spec::{
-    Balance, HealthCheck, Outlier, PoolLimits, ResolvedUpstream, Target, UpstreamSpec, UpstreamTls,
-};
+use crate::upstream::spec::{HealthCheck, Outlier, PoolLimits, ResolvedUpstream, Target, UpstreamSpec, UpstreamTls};
 
 /// The environment's upstream settings, with its names resolved; `None` after reporting errors.
 pub fn compile_upstream(
@@ -48,10 +46,7 @@ pub fn compile_upstream(
     }
     let spec = UpstreamSpec {
         targets,
-        balance: match value.load_balancing {
-            LoadBalancing::RoundRobin => Balance::RoundRobin,
-            LoadBalancing::LeastOutstanding => Balance::LeastOutstanding,
-        },
+        balance: value.load_balancing,
         health_check,
         outlier: Outlier {
             consecutive_failures: outlier.consecutive_failures,

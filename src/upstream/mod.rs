@@ -32,7 +32,7 @@ pub use body::{BodyTimedOut, Deadlines, UpstreamBody};
 pub use connect::client_configs;
 pub use instance::Instance;
 use instance::{Outcome, millis};
-use spec::{Balance, ResolvedUpstream, Target, UpstreamSpec};
+use spec::{LoadBalancing, ResolvedUpstream, Target, UpstreamSpec};
 
 use crate::body::CountedBody;
 use crate::metrics::EnvironmentMetrics;
@@ -131,14 +131,14 @@ impl UpstreamGroup {
             }
             let weight = instance.weight(now, slow_start);
             match self.spec.balance {
-                Balance::RoundRobin => {
+                LoadBalancing::RoundRobin => {
                     // A warming instance takes its share of turns, decided by the turn number.
                     if weight >= 1000 || spread(turn) < weight {
                         return Some(instance.clone());
                     }
                     fallback = fallback.or(Some(instance));
                 }
-                Balance::LeastOutstanding => {
+                LoadBalancing::LeastOutstanding => {
                     // Load per unit of weight: a warming instance looks busier than it is.
                     let load = (instance.outstanding() as u64 + 1) * 1000 / weight.max(1);
                     if best.is_none_or(|(_, lowest)| load < lowest) {
@@ -236,10 +236,7 @@ pub fn report(groups: &[Arc<UpstreamGroup>]) -> Vec<GroupReport> {
             let now = group.now();
             GroupReport {
                 environment: group.environment.to_string(),
-                load_balancing: match group.spec.balance {
-                    Balance::RoundRobin => "round_robin",
-                    Balance::LeastOutstanding => "least_outstanding",
-                },
+                load_balancing: group.spec.balance.as_str(),
                 instances: group
                     .instances()
                     .iter()
@@ -290,7 +287,7 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    fn group(balance: Balance, instances: u16) -> UpstreamGroup {
+    fn group(balance: LoadBalancing, instances: u16) -> UpstreamGroup {
         let addresses: Vec<(SocketAddr, usize)> = (0..instances)
             .map(|index| (SocketAddr::from(([127, 0, 0, 1], 9000 + index)), usize::from(index)))
             .collect();
@@ -346,7 +343,7 @@ mod tests {
 
     #[test]
     fn round_robin_takes_the_available_instances_in_turn() {
-        let group = group(Balance::RoundRobin, 3);
+        let group = group(LoadBalancing::RoundRobin, 3);
         let mut ports = picked_ports(&group, 6, None);
         ports.sort_unstable();
         assert_eq!(ports, [9000, 9000, 9001, 9001, 9002, 9002]);
@@ -359,7 +356,7 @@ mod tests {
 
     #[test]
     fn an_avoided_instance_is_picked_only_when_no_other_is_available() {
-        for balance in [Balance::RoundRobin, Balance::LeastOutstanding] {
+        for balance in [LoadBalancing::RoundRobin, LoadBalancing::LeastOutstanding] {
             let group = group(balance, 2);
             let first = group.instances()[0].clone();
             assert_eq!(picked_ports(&group, 4, Some(&first)), [9001; 4], "{balance:?}");
@@ -376,7 +373,7 @@ mod tests {
 
     #[test]
     fn least_outstanding_picks_the_instance_with_the_fewest_requests_in_flight() {
-        let group = group(Balance::LeastOutstanding, 3);
+        let group = group(LoadBalancing::LeastOutstanding, 3);
         let instances = group.instances();
         instances[0].request_started();
         instances[0].request_started();

@@ -42,10 +42,24 @@ impl std::fmt::Display for Target {
 }
 
 /// How an instance is chosen for a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
+/// How requests are spread over an environment's instances: the `load_balancing` key as written
+/// (deserialised straight from the environment file) and as the upstream group uses it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
     RoundRobin,
     LeastOutstanding,
+}
+
+impl LoadBalancing {
+    /// The name as written in the configuration and shown by `/upstreams`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastOutstanding => "least_outstanding",
+        }
+    }
 }
 
 /// Active health checking: a request to every instance at each interval, off the request path.
@@ -111,7 +125,7 @@ impl Eq for UpstreamTls {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub targets: Vec<Target>,
-    pub balance: Balance,
+    pub balance: LoadBalancing,
     pub health_check: Option<HealthCheck>,
     pub outlier: Outlier,
     pub pool: PoolLimits,
