@@ -3,12 +3,14 @@
 //! Two flows shape the code:
 //!
 //! * **configuration** (cold): `config` reads TOML files into typed values, `snapshot` validates
-//!   and compiles them into one immutable [`snapshot::Snapshot`], which `server` holds in an
-//!   `ArcSwap`;
-//! * **a request** (hot): `server` accepts and terminates TLS (`tls` policies chosen by SNI),
-//!   `route` maps the host to an environment, `access` decides, `proxy` rewrites the request and
-//!   hands it to `upstream` (instance choice, pooled connections, safe retries), streams the answer
-//!   back, and `pages` holds gatehouse's own answers.
+//!   and compiles them into one immutable, plain-data [`snapshot::Snapshot`]; `live` pairs it with
+//!   the state kept across reloads (metrics, rate limiters, upstream groups) in one `reconcile`
+//!   step, and `server` swaps the pair ([`live::Installed`]) through an `ArcSwap`;
+//! * **a request** (hot): `server` accepts and terminates TLS (`tls` policies chosen by SNI) and
+//!   records what the connection is (`connection`); `proxy` admits the request (`route` maps the
+//!   host to an environment, `access` decides), rewrites it and hands it to `upstream` (instance
+//!   choice, pooled connections, safe retries), streams the answer back (`body` counts both
+//!   bodies), and `pages` holds gatehouse's own answers.
 //! * **upstream upkeep** (background): each environment's `upstream` group runs its health checks,
 //!   re-resolves host names and closes idle connections, and survives reloads that leave it alone.
 

@@ -1,3 +1,5 @@
+//! The `gatehouse` binary: the allocator and the process settings, then the library's CLI.
+
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's malloc: a request allocates and frees many small buffers
