@@ -1,12 +1,17 @@
 //! The request path, as a sequence of small phases:
 //!
-//! 1. [`handle`] reads the current snapshot and finds the request's host;
-//! 2. admission, without waiting: routing picks the environment (404), checked against the
-//!    connection's TLS policy (421), then rate limit, access rules, and [`forward::prepare`]
-//!    rewrites the request for the app;
-//! 3. [`forward::forward`] picks an instance and streams both ways (the one wait);
-//! 4. the environment's response headers apply to every answer, and failures become
-//!    gatehouse's own pages ([`crate::pages`]).
+//! 1. [`handle`] reads the installed configuration with its live state once, and finds the
+//!    request's host;
+//! 2. [`admission::admit`], without waiting and without touching the body: routing picks the
+//!    environment (404), checked against the connection's TLS policy (421), then rate limit
+//!    (429), access rules (400, 403) and the declared body length (413), in one documented order;
+//! 3. [`forward::prepare`] rewrites the admitted request for the app ([`rewrite`], [`fields`]);
+//! 4. [`forward::forward`] picks an instance and streams both ways (the one wait), and
+//!    [`failure`] answers when no instance did;
+//! 5. the environment's response headers apply to every answer, gatehouse's own pages
+//!    ([`crate::pages`]) included, and [`observe`] records the request when its response ends.
+//!
+//! It reads only [`RequestPath`] and the connection's facts ([`crate::connection`]).
 
 pub mod admission;
 pub mod client_address;
