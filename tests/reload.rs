@@ -346,3 +346,55 @@ async fn one_trigger_is_exactly_one_reload_over_many_debounce_periods() {
         ["shop.apps.test", "www.apps.test"]
     );
 }
+
+/// Reloads that overlap (SIGHUP, `POST /reload` and the file watcher fired together) install in
+/// the order they read the files, so the newest configuration always wins. The first reload
+/// here reads the old files and then waits for a slow name server; the newer files name their
+/// instance by address and compile at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_reloads_never_install_an_older_configuration_over_a_newer_one() {
+    let app = Upstream::start("app").await;
+    let slow_dns =
+        common::dns::NameServer::start_slow(std::net::Ipv4Addr::LOCALHOST, std::time::Duration::from_millis(1500))
+            .await;
+    let fixture = Fixture::new();
+    fixture.main_config(&format!(
+        "[upstream]\nnameservers = [\"{}\"]\n[reload]\nwatch_debounce = \"50ms\"\n",
+        slow_dns.addr
+    ));
+    let old = format!(
+        "name = \"shop\"\ndomains = [\"shop.apps.test\"]\nupstreams = [\"app.internal:{}\"]\n{}",
+        app.addr.port(),
+        headers("old", "DENY")
+    );
+    fixture.environment("shop", &old);
+    let running = fixture.start().await;
+    let main = fixture.path("gatehouse.toml");
+    let _watcher = gatehouse::watch::spawn(running.proxy().shared(), main.clone()).unwrap();
+
+    // SIGHUP's reload (as the signal handler runs it) reads the old files, then waits for DNS.
+    let shared = running.proxy().shared();
+    let signal = tokio::task::spawn_blocking({
+        let main = main.clone();
+        move || shared.reload(&main, ReloadTrigger::Signal)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The newer files arrive (the watcher fires) and the admin API is asked too.
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[app.addr], &headers("new", "SAMEORIGIN")),
+    );
+    let admin = common::admin_post(&running, "/reload").await;
+    assert_eq!(admin.status, StatusCode::OK, "{}", admin.text());
+    signal.await.unwrap().unwrap();
+    // Let the watcher's reload (if it still comes) finish too.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, seen) = common::scrape_until(&running, |_| true).await;
+    assert!(seen["gatehouse_config_reloads_total{result=\"success\"}"] >= 2.0);
+    let answer = running.get("shop.apps.test", "/").await;
+    assert_eq!(
+        answer.header("x-config"),
+        Some("new"),
+        "an older configuration was installed after the newer one"
+    );
+}

@@ -57,11 +57,26 @@ pub struct Shared {
     listeners: Mutex<ListenerSet>,
     /// Connection limits, checked once per connection.
     pub gate: gate::ConnectionGate,
+    /// Held for the whole of a reload or install: SIGHUP, the file watcher and `POST /reload`
+    /// may fire together, and one that read the files earlier must not install after one that
+    /// read them later. In turn, the reload that starts last reads the newest files and
+    /// installs last.
+    installing: Mutex<()>,
 }
 
 impl Shared {
     /// Make `snapshot` the configuration for every request and handshake from now on.
     pub fn install(&self, snapshot: Snapshot) {
+        let _one_at_a_time = self.one_at_a_time();
+        self.install_now(snapshot);
+    }
+
+    fn one_at_a_time(&self) -> MutexGuard<'_, ()> {
+        self.installing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Install, the caller holding `installing`.
+    fn install_now(&self, snapshot: Snapshot) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let installed = self.live.reconcile(Arc::new(snapshot), generation);
         self.requests.installed.store(Arc::new(installed));
@@ -79,7 +94,9 @@ impl Shared {
 
     /// Load, validate and compile the configuration at `main_file` off the request path, and
     /// install it only if all of it is valid. Counted, and written to the audit log either way.
+    /// Overlapping reloads run one after the other, each reading the files when its turn comes.
     pub fn reload(self: &Arc<Self>, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
+        let _one_at_a_time = self.one_at_a_time();
         let old = self.snapshot();
         match crate::snapshot::load(main_file) {
             Ok(snapshot) => {
@@ -95,7 +112,7 @@ impl Shared {
                 let settings = snapshot.settings.clone();
                 let changes = environment_changes(&old, &snapshot);
                 let new_sha256 = snapshot.sha256.clone();
-                self.install(snapshot);
+                self.install_now(snapshot);
                 listeners.commit(prepared, &settings, self);
                 self.metrics.reload_succeeded();
                 tracing::info!(trigger = trigger.as_str(), sha256 = %new_sha256, "configuration reloaded");
@@ -207,6 +224,7 @@ impl Proxy {
             open_connections: AtomicUsize::new(0),
             listeners: Mutex::new(ListenerSet::default()),
             gate: gate::ConnectionGate::default(),
+            installing: Mutex::new(()),
         });
         // Idle rate-limit buckets are dropped every few seconds, off the request path.
         let tidying = Arc::downgrade(&shared);

@@ -2,6 +2,7 @@
 //! gatehouse started in-process on ephemeral loopback ports, and real TLS/HTTP clients.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod dns;
 pub mod pki;
 pub mod upstream;
 
@@ -345,6 +346,17 @@ pub async fn admin_get(running: &Running, path: &str) -> Answer {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut sender = h1_over(tcp).await;
     send_h1(&mut sender, get("localhost", path)).await
+}
+
+pub async fn admin_post(running: &Running, path: &str) -> Answer {
+    let addr = running.proxy().admin_addr().expect("admin listener");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sender = h1_over(tcp).await;
+    let request = Request::post(path)
+        .header(http::header::HOST, "localhost")
+        .body(Empty::new().boxed())
+        .unwrap();
+    send_h1(&mut sender, request).await
 }
 
 /// The samples of an exposition, keyed by `name{label="value",...}` with labels sorted.
