@@ -254,3 +254,45 @@ async fn a_ca_swapped_in_by_a_new_snapshot_applies_to_the_next_request_on_an_ope
     );
     assert_eq!(setup.app.requests(), 1);
 }
+
+/// Two profiles on one host that trust two different CAs: a certificate from one CA opens only
+/// the paths of the profile that trusts that CA, in both directions, and on one connection
+/// (the connection's verdicts are kept per CA, never as one "verified" flag).
+#[tokio::test]
+async fn each_profile_trusts_only_its_own_ca_on_one_host() {
+    let fixture = Fixture::new();
+    let ca_a = Ca::new("Partner A CA");
+    let ca_b = Ca::new("Partner B CA");
+    fixture.write("ca-a.pem", &ca_a.pem);
+    fixture.write("ca-b.pem", &ca_b.pem);
+    let app = Upstream::start("shop").await;
+    fixture.main_config(
+        "[profiles.partner-a]\nclient_ca = \"ca-a.pem\"\n[profiles.partner-b]\nclient_ca = \"ca-b.pem\"\n",
+    );
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "[access]\n\"/\" = \"deny-all\"\n\"/a/\" = \"partner-a\"\n\"/b/\" = \"partner-b\"\n",
+        ),
+    );
+    let running = fixture.start().await;
+    let client_a = partner_client(&ca_a);
+    let client_b = partner_client(&ca_b);
+    for (client, name, own, other) in [(&client_a, "A", "/a/", "/b/"), (&client_b, "B", "/b/", "/a/")] {
+        let mut sender = running.h1_as("shop.apps.test", Some(client)).await;
+        for _ in 0..2 {
+            let answer = send_h1(&mut sender, get("shop.apps.test", other)).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::FORBIDDEN,
+                "CA {name}'s certificate on {other}"
+            );
+            let answer = send_h1(&mut sender, get("shop.apps.test", own)).await;
+            assert_eq!(answer.status, StatusCode::OK, "CA {name}'s certificate on {own}");
+        }
+    }
+    assert_eq!(app.requests(), 4, "only the allowed requests reached the app");
+}
