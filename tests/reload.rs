@@ -398,3 +398,69 @@ async fn overlapping_reloads_never_install_an_older_configuration_over_a_newer_o
         "an older configuration was installed after the newer one"
     );
 }
+
+/// All or nothing, under load: a valid change to one environment made together with a broken
+/// second file installs nothing (the running configuration serves every request meanwhile), and
+/// the change applies once the broken file is mended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_change_beside_a_broken_file_waits_for_the_mend_and_no_request_fails() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("app").await;
+    fixture.main_config("");
+    let shop = |flavour: &str| environment_toml("shop", &["shop.apps.test"], &[app.addr], &headers(flavour, "DENY"));
+    let blog = environment_toml("blog", &["blog.apps.test"], &[app.addr], &headers("blog", "DENY"));
+    fixture.environment("shop", &shop("old"));
+    fixture.environment("blog", &blog);
+    let running = Arc::new(fixture.start().await);
+    let main = fixture.path("gatehouse.toml");
+
+    // One keep-alive client per environment, until told to stop (at most 20,000 requests each).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for host in ["shop.apps.test", "blog.apps.test"] {
+        let (running, stop) = (running.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut sender = running.h1(host).await;
+            let mut flavours = Vec::new();
+            while !stop.load(Ordering::SeqCst) && flavours.len() < 20_000 {
+                let answer = send_h1(&mut sender, get(host, "/")).await;
+                assert_eq!(answer.status, StatusCode::OK, "{host}: {}", answer.text());
+                flavours.push(answer.header("x-config").unwrap_or_default().to_owned());
+            }
+            flavours
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    // shop changes validly, blog's file breaks: refused as a whole, shop keeps its old headers.
+    fixture.environment("shop", &shop("new"));
+    fixture.environment("blog", "name = \"blog\"\ndomains = [\"blog.apps.test\"\n");
+    let errors = running.proxy().reload(&main, ReloadTrigger::Api).unwrap_err();
+    assert!(errors.to_string().contains("blog.toml"), "{errors}");
+    for _ in 0..20 {
+        assert_eq!(running.get("shop.apps.test", "/").await.header("x-config"), Some("old"));
+    }
+    // blog mended: shop's change applies.
+    fixture.environment("blog", &blog);
+    running.proxy().reload(&main, ReloadTrigger::Api).unwrap();
+    assert_eq!(running.get("shop.apps.test", "/").await.header("x-config"), Some("new"));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let shop_seen = workers.remove(0).await.unwrap();
+    let blog_seen = workers.remove(0).await.unwrap();
+    assert!(
+        shop_seen.len() >= 10 && blog_seen.len() >= 10,
+        "too little load: {} / {}",
+        shop_seen.len(),
+        blog_seen.len()
+    );
+    assert!(blog_seen.iter().all(|flavour| flavour == "blog"));
+    // shop's answers: old until the mend, then new; never back.
+    let first_new = shop_seen
+        .iter()
+        .position(|flavour| flavour == "new")
+        .unwrap_or(shop_seen.len());
+    assert!(shop_seen[..first_new].iter().all(|flavour| flavour == "old"));
+    assert!(shop_seen[first_new..].iter().all(|flavour| flavour == "new"));
+}
