@@ -45,6 +45,26 @@ async fn rapid_reset_does_not_grow_memory_and_others_are_served() {
     };
     tokio::time::timeout(common::WAIT, flood).await.ok();
     drop(client);
+    // The server ended the flood itself, within a bound of resets: a client that gave up (or was
+    // merely slow) would end its own connection cleanly instead.
+    let ended = tokio::time::timeout(common::WAIT, connection).await;
+    let error = match ended {
+        Ok(Ok(Err(error))) => error,
+        other => panic!("after {resets} resets the connection did not end with an error: {other:?}"),
+    };
+    // The client reads the GOAWAY, or (still writing when the server closed) only the close.
+    let go_away = error.is_go_away() && error.is_remote() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+    let closed_by_server = error.get_io().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        )
+    });
+    assert!(go_away || closed_by_server, "after {resets} resets: {error:?}");
+    assert!(
+        resets <= 1_000,
+        "the server let {resets} reset streams run before its GOAWAY"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let growth = common::resident_kib().saturating_sub(before);
@@ -56,8 +76,6 @@ async fn rapid_reset_does_not_grow_memory_and_others_are_served() {
         growth < 64 * 1024,
         "resident memory grew by {growth} KiB during {resets} rapid resets"
     );
-    // The server cut the flood off (GOAWAY) long before the client gave up.
-    assert!(resets < 20_000, "the server let a flood of {resets} reset streams run");
     // Other clients are served throughout and afterwards.
     assert_eq!(running.get("shop.apps.test", "/").await.status, 200);
     // The flood's requests were cancelled, not all carried to the app.
@@ -66,7 +84,6 @@ async fn rapid_reset_does_not_grow_memory_and_others_are_served() {
         "{} requests reached the app for {resets} resets",
         app.requests()
     );
-    connection.abort();
 }
 
 /// An HTTP/2 frame header: length, type, flags, stream id.

@@ -300,6 +300,60 @@ async fn a_slow_response_head_gives_504() {
     assert_eq!(app.requests(), 1);
 }
 
+/// With two instances a retry has somewhere to go: a timeout must still not be sent again.
+#[tokio::test]
+async fn a_timeout_is_never_retried_on_another_instance() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (_fixture, running) = start(
+        &[a.addr, b.addr],
+        "retries = 1\n[timeouts]\nresponse = \"300ms\"\n[outlier_detection]\nconsecutive_failures = 0\n",
+    )
+    .await;
+    for _ in 0..2 {
+        let answer = running.get(HOST, "/slow").await;
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    }
+    // Each of the two requests reached exactly one instance, once.
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (1, 1),
+        "a timed-out request was sent again"
+    );
+    let (text, parsed) = scrape_until(&running, |_| true).await;
+    assert_eq!(
+        parsed.get("gatehouse_upstream_retries_total{environment=\"shop\"}"),
+        None,
+        "{text}"
+    );
+}
+
+/// POST and PATCH are not idempotent: even without a body, one that was written and lost its
+/// connection is answered 502, never sent to another instance (a GET in its place is).
+#[tokio::test]
+async fn post_and_patch_without_a_body_are_never_replayed() {
+    let silent = silent_instance().await;
+    let app = Upstream::start("app").await;
+    let (_fixture, running) = start(&[silent, app.addr], "[outlier_detection]\nconsecutive_failures = 0\n").await;
+    let send = |method: http::Method| {
+        let running = &running;
+        async move {
+            let mut sender = running.h1(HOST).await;
+            let request = Request::builder()
+                .method(method)
+                .uri("/orders")
+                .header("host", HOST)
+                .body(http_body_util::Empty::new().map_err(|never| match never {}).boxed())
+                .unwrap();
+            send_h1(&mut sender, request).await.status
+        }
+    };
+    // Round robin: turn 0 the silent instance, turn 1 the app, turn 2 the silent one again.
+    assert_eq!(send(http::Method::POST).await, StatusCode::BAD_GATEWAY);
+    assert_eq!(send(http::Method::GET).await, StatusCode::OK);
+    assert_eq!(send(http::Method::PATCH).await, StatusCode::BAD_GATEWAY);
+    assert_eq!(app.requests(), 1, "a POST or PATCH was replayed on the app");
+}
+
 #[tokio::test]
 async fn the_total_time_limit_gives_504() {
     let app = Upstream::start("app").await;
