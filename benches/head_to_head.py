@@ -41,6 +41,14 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def release_dir():
+    """Where cargo puts release builds (target/, or wherever CARGO_TARGET_DIR says), as cargo reports it."""
+    import json
+    metadata = subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
+                                       cwd=ROOT)
+    return os.path.join(json.loads(metadata)["target_directory"], "release")
 PROXY_CORE, LOAD_CORE = "0", "1"
 ECDSA_PORT, RSA_PORT, BACKEND_PORT, ADMIN_PORT = 9443, 9444, 9100, 9901
 HOST = "bench.test"
@@ -119,7 +127,7 @@ def prepare(prefix):
                    cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix=prefix)
     make_certificates(work)
-    backend = subprocess.Popen(["taskset", "-c", LOAD_CORE, f"{ROOT}/target/release/examples/bench_backend",
+    backend = subprocess.Popen(["taskset", "-c", LOAD_CORE, f"{release_dir()}/examples/bench_backend",
                                 f"127.0.0.1:{BACKEND_PORT}"], stdout=subprocess.DEVNULL)
     try:
         wait_port(BACKEND_PORT)
@@ -177,7 +185,7 @@ class Gatehouse(Proxy):
     def __init__(self, work, environments=1, binary=None, name="gatehouse", offset=0):
         super().__init__(work, offset)
         self.name = name
-        self.binary = binary or f"{ROOT}/target/release/gatehouse"
+        self.binary = binary or f"{release_dir()}/gatehouse"
         self.environments = environments
         self.dir = f"{work}/{name}-{environments}"
         os.makedirs(f"{self.dir}/env", exist_ok=True)

@@ -110,7 +110,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install valgrind nghttp2-client util-linux openssl nginx haproxy")
     # Each counted proxy: its name and the binary (the peers' come from PATH).
-    binaries = {"gatehouse": f"{h2h.ROOT}/target/release/gatehouse"}
+    binaries = {"gatehouse": f"{h2h.release_dir()}/gatehouse"}
     if args.baseline:
         binaries["baseline"] = os.path.abspath(args.baseline)
     if args.peers:

@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --quiet --bin gatehouse --example demo_app
-target/release/examples/demo_app 127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003 &
+. scripts/target-dir.sh
+"$target_dir/release/examples/demo_app" 127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003 &
 app=$!
-target/release/gatehouse run --config conf/gatehouse.toml &
+"$target_dir/release/gatehouse" run --config conf/gatehouse.toml &
 proxy=$!
 trap 'kill $app $proxy 2>/dev/null; wait 2>/dev/null' EXIT
 
@@ -31,7 +32,7 @@ show curl -ks -D - -o /dev/null "${resolve[@]}" https://shop.apps.example.test:8
 show curl -s -i "${resolve[@]}" http://shop.apps.example.test:8080/login
 echo
 echo "\$ gatehouse explain --host shop.apps.example.test --path /admin/ --client 192.0.2.10"
-target/release/gatehouse explain --config conf/gatehouse.toml --host shop.apps.example.test --path /admin/ --client 192.0.2.10 || true
+"$target_dir/release/gatehouse" explain --config conf/gatehouse.toml --host shop.apps.example.test --path /admin/ --client 192.0.2.10 || true
 
 if [ "${1:-}" = "--check" ]; then
   curl -ksf "${resolve[@]}" https://shop.apps.example.test:8443/ | grep -q "hello from the demo app"

@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --quiet --bin gatehouse
+. scripts/target-dir.sh
 out=$(mktemp -d)
 proxy=
 trap '[[ -n $proxy ]] && kill $proxy 2>/dev/null; wait 2>/dev/null; rm -rf "$out"' EXIT
@@ -22,7 +23,7 @@ trap '[[ -n $proxy ]] && kill $proxy 2>/dev/null; wait 2>/dev/null; rm -rf "$out
 start_gatehouse() {
   # Debug level for the TLS listener: a failed handshake is logged there with its reason.
   RUST_LOG=info,gatehouse::server::tls=debug \
-    target/release/gatehouse run --config conf/gatehouse.toml > "$out/gatehouse.log" 2>&1 &
+    "$target_dir/release/gatehouse" run --config conf/gatehouse.toml > "$out/gatehouse.log" 2>&1 &
   proxy=$!
   for _ in $(seq 1 50); do
     (echo > /dev/tcp/127.0.0.1/8443) 2>/dev/null && return 0
