@@ -61,8 +61,11 @@ async fn rapid_reset_does_not_grow_memory_and_others_are_served() {
         )
     });
     assert!(go_away || closed_by_server, "after {resets} resets: {error:?}");
+    // h2 counts a reset stream against one limit or another depending on whether the server had
+    // accepted the stream yet, so the count varies with scheduling: 166 alone, 1,204 beside the
+    // rest of the suite. Without the protection the flood runs its full 20,000.
     assert!(
-        resets <= 1_000,
+        resets <= 5_000,
         "the server let {resets} reset streams run before its GOAWAY"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -500,3 +500,64 @@ async fn a_pool_of_zero_idle_connections_closes_each_after_its_request() {
     let opened = "gatehouse_upstream_connections_opened_total";
     assert_eq!(parsed.get(opened), Some(&3.0), "one connection per request:\n{text}");
 }
+
+fn ejections(parsed: &std::collections::HashMap<String, f64>) -> f64 {
+    parsed
+        .get("gatehouse_upstream_ejections_total{environment=\"shop\"}")
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Most environments have one instance. A path that answers 500, a burst of 503s and a burst of
+/// timeouts must not take it out: every other path keeps being served.
+#[tokio::test]
+async fn the_only_instance_is_never_ejected_whatever_it_answers() {
+    let app = Upstream::start("app").await;
+    let (_fixture, running) = start(&[app.addr], "[timeouts]\nresponse = \"200ms\"\n").await;
+    for (path, status) in [
+        ("/status/500", StatusCode::INTERNAL_SERVER_ERROR),
+        ("/status/503", StatusCode::SERVICE_UNAVAILABLE),
+        ("/slow", StatusCode::GATEWAY_TIMEOUT),
+    ] {
+        for _ in 0..8 {
+            assert_eq!(running.get(HOST, path).await.status, status, "{path}");
+        }
+        let answer = running.get(HOST, "/").await;
+        assert_eq!(answer.status, StatusCode::OK, "after 8 x {path}: {}", answer.text());
+    }
+    let (text, parsed) = scrape_until(&running, |_| true).await;
+    assert_eq!(ejections(&parsed), 0.0, "{text}");
+}
+
+/// Every instance failing, with ejections allowed for all of them: passive detection takes
+/// them out one by one but leaves the last available one serving.
+#[tokio::test]
+async fn when_every_instance_fails_the_last_available_one_stays_in() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (_fixture, running) = start(
+        &[a.addr, b.addr],
+        "[outlier_detection]\nconsecutive_failures = 2\nmax_ejected_percent = 100\n",
+    )
+    .await;
+    for _ in 0..12 {
+        assert_eq!(
+            running.get(HOST, "/status/503").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let (text, parsed) = scrape_until(&running, |_| true).await;
+    assert_eq!(ejections(&parsed), 1.0, "exactly one of the two taken out: {text}");
+    for _ in 0..4 {
+        let answer = running.get(HOST, "/").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    // A 500 from one path says nothing about the instance: counted as an answer, not a failure.
+    for _ in 0..6 {
+        assert_eq!(
+            running.get(HOST, "/status/500").await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    let (text, parsed) = scrape_until(&running, |_| true).await;
+    assert_eq!(ejections(&parsed), 1.0, "{text}");
+}

@@ -92,6 +92,14 @@ fn replayable(method: &Method, bodiless: bool, upgrade: bool) -> bool {
     idempotent && bodiless && !upgrade
 }
 
+/// Whether an app's answer counts as a failure of the instance for passive detection: 502, 503
+/// and 504 (the instance cannot serve: a gateway in front of it failed, it is overloaded or
+/// shutting down, or something behind it timed out). Any other status, 500 included, is the
+/// app's answer to that request: one broken path must not take the instance out for every path.
+fn speaks_against_the_instance(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
 /// How an attempt failed, as far as sending the request again is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttemptFailed {
@@ -207,7 +215,7 @@ pub fn send(
                     if let Some(connection) = connection {
                         lease.return_on_end(connection);
                     }
-                    let outcome = if response.status().is_server_error() {
+                    let outcome = if speaks_against_the_instance(response.status()) {
                         Outcome::Failure
                     } else {
                         Outcome::Success
@@ -402,6 +410,22 @@ mod tests {
         assert!(!replayable(&Method::GET, true, true), "an upgrade");
         for method in [Method::POST, Method::PATCH, Method::CONNECT, Method::TRACE] {
             assert!(!replayable(&method, true, false), "{method} without a body");
+        }
+    }
+
+    #[test]
+    fn only_gateway_failures_from_the_app_count_against_the_instance() {
+        for code in [502, 503, 504] {
+            assert!(
+                speaks_against_the_instance(http::StatusCode::from_u16(code).unwrap_or_default()),
+                "{code}"
+            );
+        }
+        for code in [200, 301, 404, 429, 500, 501, 505, 507] {
+            assert!(
+                !speaks_against_the_instance(http::StatusCode::from_u16(code).unwrap_or_default()),
+                "{code}"
+            );
         }
     }
 

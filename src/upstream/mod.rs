@@ -155,13 +155,21 @@ impl UpstreamGroup {
     }
 
     /// Count a request's outcome on `instance`; eject it if it keeps failing.
+    ///
+    /// Passive detection never takes out the last available instance (as nginx never marks a
+    /// group's only server down): an environment with one instance, or whose other instances are
+    /// already out, keeps getting its requests rather than 503s. Within that, at most
+    /// `max_ejected_percent` of the instances are ejected at once (one may always be).
     fn record(&self, instance: &Instance, outcome: Outcome) {
         let now = self.now();
         let may_eject = || {
             let instances = self.instances.load();
+            let others_available = instances
+                .iter()
+                .any(|other| !std::ptr::eq(other.as_ref(), instance) && other.available(now));
             let ejected = instances.iter().filter(|other| other.ejected(now)).count();
             let allowed = (instances.len() * usize::from(self.spec.outlier.max_ejected_percent) / 100).max(1);
-            ejected < allowed
+            others_available && ejected < allowed
         };
         if let Some(length) = instance.record(outcome, now, &self.spec.outlier, may_eject) {
             tracing::warn!(environment = %self.environment, instance = %instance.label, seconds = length / 1000, "instance ejected after consecutive failures");
