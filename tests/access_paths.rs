@@ -126,15 +126,22 @@ async fn no_spelling_of_rest_doc_escapes_deny_all() {
     assert_eq!(app.requests(), 0, "a spelling of /rest-doc/ reached the app");
 }
 
+/// By default rules match without regard to case: an app that treats `/REST-DOC/` as
+/// `/rest-doc/` (many do) is not opened by the capitals. Exact-case matching is an opt-in.
 #[tokio::test]
-async fn case_insensitive_paths_close_the_case_spelling_for_apps_that_fold_case() {
-    let (_fixture, _app, running) = start("").await;
-    // By default paths are case-sensitive, as most apps treat them: /REST-DOC/ is another path.
-    assert_eq!(status(&running, "/REST-DOC/").await, 200);
-    let (_fixture, app, running) = start("case_insensitive_paths = true\n").await;
-    assert_eq!(status(&running, "/REST-DOC/").await, 403);
-    assert_eq!(status(&running, "/Rest-Doc/x").await, 403);
+async fn rules_match_without_regard_to_case_unless_exact_case_is_asked_for() {
+    let (_fixture, app, running) = start("").await;
+    for spelling in ["/REST-DOC/", "/Rest-Doc/x", "/rest-DOC", "/%52EST-doc/"] {
+        assert_eq!(status(&running, spelling).await, 403, "{spelling}");
+    }
     assert_eq!(app.requests(), 0);
+    let (_fixture, _app, running) = start("case_insensitive_paths = false\n").await;
+    assert_eq!(
+        status(&running, "/REST-DOC/").await,
+        200,
+        "exact-case rules: another path"
+    );
+    assert_eq!(status(&running, "/rest-doc/").await, 403);
 }
 
 #[tokio::test]
@@ -182,4 +189,23 @@ async fn ipv6_clients_are_matched_against_ipv6_ranges() {
     assert_eq!(status(&running, "/doc/").await, 403);
     let answer = running.get("shop.apps.test", "/").await;
     assert_eq!(answer.upstream_saw("x-real-ip"), ["::1"]);
+}
+
+/// Two rules that differ only in case are one rule when case is ignored: refused with the file
+/// and the way out, and accepted again with exact-case matching.
+#[tokio::test]
+async fn rules_differing_only_in_case_are_refused_unless_exact_case_is_asked_for() {
+    let fixture = Fixture::new();
+    fixture.main_config(PROFILES);
+    let rules = "[access]\n\"/admin/\" = \"deny-all\"\n\"/Admin/\" = \"allow-all\"\n";
+    let app: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app], rules));
+    let errors = gatehouse::snapshot::load(&fixture.path("gatehouse.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("shop.toml"), "{errors}");
+    assert!(errors.contains("case_insensitive_paths = false"), "{errors}");
+    let exact = format!("case_insensitive_paths = false\n{rules}");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app], &exact));
+    assert!(gatehouse::snapshot::load(&fixture.path("gatehouse.toml")).is_ok());
 }

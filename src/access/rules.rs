@@ -47,6 +47,11 @@ impl PathRules {
         true
     }
 
+    /// Whether rules match without regard to ASCII case.
+    pub fn case_insensitive(&self) -> bool {
+        self.case_insensitive
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

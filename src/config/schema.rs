@@ -339,8 +339,10 @@ pub struct EnvironmentFile {
     pub max_request_body: ConfigSize,
     /// Per-client rate limit; none by default.
     pub rate_limit: Option<RateLimitSection>,
-    /// Match access rules without regard to ASCII case, for apps that treat paths so.
-    #[serde(default)]
+    /// Match access rules without regard to ASCII case (the default: many apps treat `/Admin`
+    /// as `/admin`, and a rule must not be escaped by spelling a path in capitals); `false` for
+    /// exact-case matching.
+    #[serde(default = "default_true")]
     pub case_insensitive_paths: bool,
     /// A file whose content replaces gatehouse's 403 page for this environment.
     pub forbidden_page: Option<Spanned<String>>,

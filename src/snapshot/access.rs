@@ -191,7 +191,12 @@ pub fn compile_rules(
             errors.push(file.error_at(
                 &span,
                 &key,
-                format!("another rule already covers the prefix {prefix:?}"),
+                match rules.case_insensitive() {
+                    true => format!(
+                        "another rule already covers the prefix {prefix:?} (rules match without regard to case; set case_insensitive_paths = false for exact-case rules)"
+                    ),
+                    false => format!("another rule already covers the prefix {prefix:?}"),
+                },
             ));
         }
     }
