@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::access::profile::{CertificateStatus, ClientCa};
 use crate::tls::client_auth::verify_against;
-use crate::tls::client_certificate::CertificateIdentity;
+use crate::tls::client_certificate::{CertificateIdentity, chain_not_after};
 use crate::tls::policy::PolicyKey;
 
 /// What the request path knows about the downstream connection a request came on, computed
@@ -43,6 +43,9 @@ pub struct ConnectionInfo {
 pub struct ClientCertificate {
     chain: Vec<CertificateDer<'static>>,
     checked: Vec<(u64, CertificateStatus)>,
+    /// The end of the chain's validity (its earliest `notAfter`, seconds since the Unix epoch):
+    /// a verdict of "verified" holds until then, and is judged again on each request.
+    valid_until: i64,
     /// The `SSL-Client-*` values for the app, when the certificate could be parsed.
     pub identity: Option<IdentityHeaders>,
     pub subject: String,
@@ -60,6 +63,8 @@ impl ClientCertificate {
     /// Check `chain` against every CA the connection's policy names, once, at handshake time.
     pub fn new(chain: Vec<CertificateDer<'static>>, cas: &[Arc<ClientCa>]) -> Self {
         let checked = cas.iter().map(|ca| (ca.id, verify_against(ca, &chain))).collect();
+        // Unreadable: it cannot have been verified either; 0 makes sure it never counts.
+        let valid_until = chain_not_after(&chain).unwrap_or(0);
         let identity = chain.first().and_then(CertificateIdentity::of);
         let subject = identity
             .as_ref()
@@ -75,16 +80,28 @@ impl ClientCertificate {
         Self {
             chain,
             checked,
+            valid_until,
             identity,
             subject,
         }
     }
 
-    /// Whether the certificate passed for at least one CA of the connection's policy.
+    /// Whether the certificate passed for at least one CA of the connection's policy, and is
+    /// still within its validity now.
     pub fn verified(&self) -> bool {
         self.checked
             .iter()
             .any(|(_, status)| *status == CertificateStatus::Verified)
+            && self.still_valid()
+    }
+
+    /// Whether the chain's validity has not ended since the handshake: a verdict is kept for the
+    /// connection's life, but a long keep-alive or HTTP/2 connection can outlive a certificate.
+    fn still_valid(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(i64::MAX, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
+        now <= self.valid_until
     }
 }
 
@@ -95,9 +112,13 @@ impl ConnectionInfo {
         let Some(certificate) = &self.client_certificate else {
             return CertificateStatus::Absent;
         };
-        match certificate.checked.iter().find(|(id, _)| *id == ca.id) {
+        let status = match certificate.checked.iter().find(|(id, _)| *id == ca.id) {
             Some((_, status)) => *status,
             None => verify_against(ca, &certificate.chain),
+        };
+        match status {
+            CertificateStatus::Verified if !certificate.still_valid() => CertificateStatus::Rejected,
+            status => status,
         }
     }
 

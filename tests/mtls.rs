@@ -296,3 +296,35 @@ async fn each_profile_trusts_only_its_own_ca_on_one_host() {
     }
     assert_eq!(app.requests(), 4, "only the allowed requests reached the app");
 }
+
+/// A certificate's validity is judged per request, not frozen at the handshake: one that expires
+/// while its keep-alive connection stays open is refused from then on, on that connection, and
+/// no longer reported to the app as verified.
+#[tokio::test]
+async fn a_certificate_that_expires_during_a_connection_is_refused_from_then_on() {
+    let setup = setup().await;
+    let expiring = setup.partner_ca.issue_client(ClientSpec {
+        expires_in_seconds: Some(2),
+        ..ClientSpec::default()
+    });
+    let mut sender = setup.running.h1_as("shop.apps.test", Some(&expiring)).await;
+    let answer = send_h1(&mut sender, get("shop.apps.test", "/partner/")).await;
+    assert_eq!(answer.status, StatusCode::OK, "before it expired");
+    assert_eq!(answer.upstream_saw("ssl-client-verify"), ["SUCCESS"]);
+
+    // Past its notAfter (whole seconds, and webpki's "after"), on the same connection.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let answer = send_h1(&mut sender, get("shop.apps.test", "/partner/")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::FORBIDDEN,
+        "an expired certificate still passed"
+    );
+    let open = send_h1(&mut sender, get("shop.apps.test", "/")).await;
+    assert_eq!(open.status, StatusCode::OK);
+    assert!(
+        open.upstream_saw("ssl-client-verify").is_empty(),
+        "an expired certificate was still reported as verified: {:?}",
+        open.upstream_saw("ssl-client-verify")
+    );
+}

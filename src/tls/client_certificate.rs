@@ -30,6 +30,19 @@ impl CertificateIdentity {
     }
 }
 
+/// The end of validity of a chain, in seconds since the Unix epoch: the earliest `notAfter` of
+/// its certificates. `None` when one of them cannot be read.
+pub fn chain_not_after(chain: &[CertificateDer<'_>]) -> Option<i64> {
+    chain
+        .iter()
+        .map(|certificate| {
+            X509Certificate::from_der(certificate.as_ref())
+                .ok()
+                .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+        })
+        .try_fold(i64::MAX, |earliest, not_after| Some(earliest.min(not_after?)))
+}
+
 /// The serial's DER content without the sign byte DER adds when the top bit is set: what
 /// `openssl x509 -serial` (and nginx's `$ssl_client_serial`) print.
 fn serial_magnitude(raw: &[u8]) -> &[u8] {

@@ -48,6 +48,8 @@ pub struct ClientSpec<'a> {
     /// Validity relative to now, in days.
     pub valid_from: i64,
     pub valid_until: i64,
+    /// When set, the end of validity in seconds from now instead of `valid_until`.
+    pub expires_in_seconds: Option<i64>,
     pub client_auth: bool,
 }
 
@@ -57,6 +59,7 @@ impl Default for ClientSpec<'_> {
             subject: &[],
             valid_from: -1,
             valid_until: 30,
+            expires_in_seconds: None,
             client_auth: true,
         }
     }
@@ -73,7 +76,10 @@ impl Ca {
         params.distinguished_name = dn;
         let now = OffsetDateTime::now_utc();
         params.not_before = now + Duration::days(spec.valid_from);
-        params.not_after = now + Duration::days(spec.valid_until);
+        params.not_after = match spec.expires_in_seconds {
+            Some(seconds) => now + Duration::seconds(seconds),
+            None => now + Duration::days(spec.valid_until),
+        };
         params.extended_key_usages = if spec.client_auth {
             vec![ExtendedKeyUsagePurpose::ClientAuth]
         } else {
