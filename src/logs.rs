@@ -5,9 +5,15 @@
 //! counted too (`reason="write_failed"`), so that a full disk shows in the metrics.
 //!
 //! A file target is reopened on SIGUSR1, for logrotate.
+//!
+//! The queue is bounded twice: in lines, and in bytes (a line can carry an 8 KiB path), so that a
+//! writer that falls behind holds at most `QUEUE_BYTES` per log. The process log (stderr, through
+//! `tracing`) is written synchronously, so what the request path says there goes through a
+//! [`Throttle`]: a flood of denials costs a few lines a second, not a write per request.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -17,6 +23,9 @@ use crate::metrics::{LogDrop, Metrics};
 
 /// Lines waiting to be written, per sink.
 const QUEUE: usize = 65_536;
+/// Bytes of lines waiting to be written, per sink: about 55,000 access log lines of usual length,
+/// but never the 0.5 GiB that 65,536 lines with 8 KiB paths would take.
+const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where a log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,19 +62,27 @@ pub enum AccessFormat {
 #[derive(Debug, Clone)]
 pub struct LogSink {
     sender: Option<mpsc::Sender<String>>,
+    /// Bytes of the lines in the queue (added when queued, taken off when the writer takes them).
+    queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
 impl LogSink {
     /// Start the writer for `target`. Must run inside a tokio runtime.
     pub fn start(target: Target, metrics: Arc<Metrics>) -> Self {
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         if target == Target::Off {
-            return Self { sender: None, metrics };
+            return Self {
+                sender: None,
+                queued_bytes,
+                metrics,
+            };
         }
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(target, receiver, metrics.clone()));
+        tokio::spawn(write_lines(target, receiver, queued_bytes.clone(), metrics.clone()));
         Self {
             sender: Some(sender),
+            queued_bytes,
             metrics,
         }
     }
@@ -76,9 +93,11 @@ impl LogSink {
 
     /// Queue a line (without its newline). Never waits.
     pub fn write(&self, line: String) {
-        if let Some(sender) = &self.sender
-            && sender.try_send(line).is_err()
-        {
+        let Some(sender) = &self.sender else { return };
+        let length = line.len();
+        let before = self.queued_bytes.fetch_add(length, Ordering::Relaxed);
+        if before + length > QUEUE_BYTES || sender.try_send(line).is_err() {
+            self.queued_bytes.fetch_sub(length, Ordering::Relaxed);
             self.metrics.log_lines_dropped(LogDrop::QueueFull, 1);
         }
     }
@@ -112,7 +131,12 @@ const LINES_PER_WAKE: usize = 256;
 
 type Output = Box<dyn AsyncWrite + Send + Unpin>;
 
-async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>, metrics: Arc<Metrics>) {
+async fn write_lines(
+    target: Target,
+    mut receiver: mpsc::Receiver<String>,
+    queued_bytes: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut reopen = match target {
         Target::File(_) => signal(SignalKind::user_defined1()).ok(),
@@ -132,6 +156,8 @@ async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>, metri
                 if taken == 0 {
                     break;
                 }
+                let taken_bytes: usize = lines.iter().map(String::len).sum();
+                queued_bytes.fetch_sub(taken_bytes, Ordering::Relaxed);
                 pending.gather(&mut lines);
                 if pending.bytes.len() >= BUFFER {
                     write_out(output.as_mut(), &mut pending, &metrics).await;
@@ -148,6 +174,56 @@ async fn write_lines(target: Target, mut receiver: mpsc::Receiver<String>, metri
         }
     }
     write_out(output.as_mut(), &mut pending, &metrics).await;
+}
+
+/// Lets a diagnostic through at most `per_second` times a second and counts the rest, for what
+/// the request path writes to the process log (which is written synchronously): the first lines
+/// of a flood say what is happening, the next one that gets through says how many were held
+/// back. One per call site, lock-free; the budget is approximate under races, never unbounded.
+#[derive(Debug)]
+pub struct Throttle {
+    per_second: u32,
+    second: AtomicU64,
+    used: AtomicU32,
+    held_back: AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            second: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one let through)` when a line may be written now.
+    pub fn admit(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.admit_at(now)
+    }
+
+    fn admit_at(&self, second: u64) -> Option<u64> {
+        let current = self.second.load(Ordering::Relaxed);
+        if current != second
+            && self
+                .second
+                .compare_exchange(current, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// Lines gathered for the next write, and how many there are (to count them if it fails).
@@ -410,7 +486,14 @@ mod tests {
         let expected: Vec<String> = (0..4 * LINES_PER_WAKE + 3)
             .map(|number| format!("line {number} {padding}"))
             .collect();
-        write_lines(Target::File(path.clone()), queued(&expected), metrics.clone()).await;
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        write_lines(
+            Target::File(path.clone()),
+            queued(&expected),
+            queued_bytes,
+            metrics.clone(),
+        )
+        .await;
         let text = std::fs::read_to_string(&path).expect("the log file");
         assert_eq!(text.lines().collect::<Vec<_>>(), expected);
         assert!(text.ends_with('\n'));
@@ -423,13 +506,19 @@ mod tests {
         let lines: Vec<String> = (0..5).map(|number| format!("line {number}")).collect();
         // A full disk: /dev/full opens, and every write to it fails with "no space left".
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        write_lines(Target::File("/dev/full".into()), queued(&lines), metrics.clone()).await;
+        write_lines(
+            Target::File("/dev/full".into()),
+            queued(&lines),
+            Arc::default(),
+            metrics.clone(),
+        )
+        .await;
         assert_eq!(dropped(&metrics, "write_failed"), "5");
         // A file that cannot be opened (its directory is missing): every line is dropped.
         let directory = tempfile::tempdir().expect("temporary directory");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let missing = directory.path().join("missing").join("access.log");
-        write_lines(Target::File(missing), queued(&lines), metrics.clone()).await;
+        write_lines(Target::File(missing), queued(&lines), Arc::default(), metrics.clone()).await;
         assert_eq!(dropped(&metrics, "write_failed"), "5");
         assert_eq!(dropped(&metrics, "queue_full"), "0");
     }
@@ -440,12 +529,57 @@ mod tests {
         let (sender, _receiver) = mpsc::channel(1);
         let sink = LogSink {
             sender: Some(sender),
+            queued_bytes: Arc::default(),
             metrics: metrics.clone(),
         };
         sink.write("fits".to_owned());
         sink.write("does not fit".to_owned());
         assert_eq!(dropped(&metrics, "queue_full"), "1");
         assert_eq!(dropped(&metrics, "write_failed"), "0");
+    }
+
+    /// Long lines fill the queue's bytes long before its line count: past `QUEUE_BYTES` they are
+    /// dropped and counted, and the room comes back as the writer takes lines.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_queue_is_bounded_in_bytes_and_its_room_comes_back() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("access.log");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let sink = LogSink::start(Target::File(path.clone()), metrics.clone());
+        // Queued before the writer task first runs (this runtime has one thread).
+        let line = "x".repeat(1024 * 1024);
+        for _ in 0..20 {
+            sink.write(line.clone());
+        }
+        assert_eq!(dropped(&metrics, "queue_full"), "4", "16 MiB queued, the rest dropped");
+        // The writer takes them: room for more.
+        let started = tokio::time::Instant::now();
+        while sink.queued_bytes.load(Ordering::Relaxed) != 0 && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sink.write("after".to_owned());
+        assert_eq!(dropped(&metrics, "queue_full"), "4");
+        drop(sink);
+        let started = tokio::time::Instant::now();
+        let mut written = 0;
+        while written != 17 && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            written = std::fs::read_to_string(&path).map_or(0, |text| text.lines().count());
+        }
+        assert_eq!(written, 17);
+    }
+
+    #[test]
+    fn a_throttle_lets_its_budget_through_each_second_and_says_how_many_it_held_back() {
+        let throttle = Throttle::new(3);
+        let first: Vec<Option<u64>> = (0..5).map(|_| throttle.admit_at(100)).collect();
+        assert_eq!(first, [Some(0), Some(0), Some(0), None, None]);
+        // The next second: the first line says two were held back.
+        assert_eq!(throttle.admit_at(101), Some(2));
+        assert_eq!(throttle.admit_at(101), Some(0));
+        assert_eq!(throttle.admit_at(101), Some(0));
+        assert_eq!(throttle.admit_at(101), None);
+        assert_eq!(throttle.admit_at(102), Some(1));
     }
 
     #[test]

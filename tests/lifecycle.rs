@@ -349,3 +349,63 @@ async fn idle_keep_alive_connections_release_hypers_buffers() {
         assert_eq!(send_h1(sender, get("app.apps.test", "/")).await.status, StatusCode::OK);
     }
 }
+
+/// The process log is written synchronously, so a flood of denials must not become a stderr
+/// line per request: a few lines a second get through, and a later one says how many were held
+/// back. (Every denial is still in the audit log and the metrics.)
+#[tokio::test]
+async fn a_flood_of_denials_writes_a_few_stderr_lines_not_one_per_request() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "[access]\n\"/\" = \"deny-all\"\n",
+        ),
+    );
+    let gatehouse = Gatehouse::start(&fixture, None);
+    let client = running(&fixture, gatehouse.https);
+    let mut sender = client.h1("shop.apps.test").await;
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        let answer = send_h1(&mut sender, get("shop.apps.test", "/")).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // One more denial in a later second reports what was held back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answer = send_h1(&mut sender, get("shop.apps.test", "/")).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    let held_back_line = gatehouse.wait_for_log("request denied");
+    let mut denied_lines = 1;
+    let mut held_back: u64 = held_back_number(&held_back_line);
+    while let Ok(line) = gatehouse.stderr.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("request denied") {
+            denied_lines += 1;
+            held_back += held_back_number(&line);
+        }
+    }
+    assert!(
+        denied_lines <= 10 * (seconds + 1),
+        "{denied_lines} stderr lines for 301 denials in {seconds} s"
+    );
+    assert!(held_back > 0, "no line said how many were held back");
+    assert_eq!(
+        denied_lines + held_back,
+        301,
+        "every denial is either written or counted as held back"
+    );
+    assert_eq!(app.requests(), 0);
+}
+
+fn held_back_number(line: &str) -> u64 {
+    line.split("held_back=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or(0)
+}

@@ -23,7 +23,7 @@ use super::observe::Details;
 use crate::access;
 use crate::connection::ConnectionInfo;
 use crate::live::{Installed, ServedEnvironment};
-use crate::logs::AccessDenied;
+use crate::logs::{AccessDenied, Throttle};
 use crate::pages::{ResponseBody, page};
 use crate::route::MalformedHost;
 use crate::snapshot::{Environment, Snapshot};
@@ -190,7 +190,10 @@ fn check_access<B>(
             })
         }
         Err(err) => {
-            tracing::info!(target: "gatehouse::access", environment = %environment.config.name, client = %client.ip, path, error = %err, "path refused");
+            static REFUSED: Throttle = Throttle::new(10);
+            if let Some(held_back) = REFUSED.admit() {
+                tracing::info!(target: "gatehouse::access", environment = %environment.config.name, client = %client.ip, path, error = %err, held_back, "path refused");
+            }
             Some(page(StatusCode::BAD_REQUEST))
         }
     }
@@ -209,7 +212,11 @@ fn audit_denial(
     request_id: &HeaderValue,
 ) {
     let host = String::from_utf8_lossy(host.as_bytes());
-    tracing::info!(target: "gatehouse::access", environment = %environment.name, %client, %host, path, rule, reason = decision.reason(), "request denied");
+    // Every denial is in the audit log and the metrics; the process log gets a sample.
+    static DENIED: Throttle = Throttle::new(10);
+    if let Some(held_back) = DENIED.admit() {
+        tracing::info!(target: "gatehouse::access", environment = %environment.name, %client, %host, path, rule, reason = decision.reason(), held_back, "request denied");
+    }
     if requests.audit_log.enabled() {
         requests.audit_log.audit(&AccessDenied {
             request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or("-"),

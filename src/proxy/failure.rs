@@ -5,6 +5,7 @@
 use http::{Response, StatusCode, header};
 
 use crate::live::ServedEnvironment;
+use crate::logs::Throttle;
 use crate::metrics::UpstreamError;
 use crate::pages::{ResponseBody, page};
 use crate::upstream::exchange::{Failed, Failure};
@@ -14,7 +15,10 @@ use crate::upstream::exchange::{Failed, Failure};
 pub fn failure_page(environment: &ServedEnvironment, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
     let (config, metrics) = (&environment.config, &environment.live.metrics);
     let instance = failed.instance.map(|addr| addr.to_string()).unwrap_or_default();
-    tracing::warn!(environment = %config.name, instance, error = %failed.failure, "upstream request failed");
+    static FAILED: Throttle = Throttle::new(10);
+    if let Some(held_back) = FAILED.admit() {
+        tracing::warn!(environment = %config.name, instance, error = %failed.failure, held_back, "upstream request failed");
+    }
     let (status, kind) = match &failed.failure {
         Failure::NoInstance => (StatusCode::SERVICE_UNAVAILABLE, UpstreamError::NoInstance),
         Failure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, UpstreamError::Timeout),

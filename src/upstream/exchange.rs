@@ -26,6 +26,7 @@ use super::body::Lease;
 use super::connect::{ConnectError, ConnectSettings, connect};
 use super::instance::{Instance, Outcome};
 use super::pool::{PoolReturn, Sender};
+use crate::logs::Throttle;
 
 /// A rewritten request, ready for an instance: origin-form URI, headers for the app.
 pub struct Outgoing {
@@ -191,7 +192,10 @@ pub fn send(
                 Ok(sender) => sender,
                 Err(err) => {
                     group.record(&instance, Outcome::Failure);
-                    tracing::warn!(environment = %group.environment, instance = %instance.label, error = %err, "cannot connect to instance");
+                    static CANNOT_CONNECT: Throttle = Throttle::new(10);
+                    if let Some(held_back) = CANNOT_CONNECT.admit() {
+                        tracing::warn!(environment = %group.environment, instance = %instance.label, error = %err, held_back, "cannot connect to instance");
+                    }
                     let again = send_again(AttemptFailed::NotConnected, replay.is_some());
                     match next_attempt(group, &instance, &mut attempts_left, again) {
                         Some(next) => {
@@ -243,7 +247,10 @@ pub fn send(
                         .flatten();
                     match (again, next) {
                         (Some(message), Some(next)) => {
-                            tracing::info!(environment = %group.environment, instance = %instance.label, next = %next.label, error = %err.error(), "sending the request again");
+                            static SENT_AGAIN: Throttle = Throttle::new(10);
+                            if let Some(held_back) = SENT_AGAIN.admit() {
+                                tracing::info!(environment = %group.environment, instance = %instance.label, next = %next.label, error = %err.error(), held_back, "sending the request again");
+                            }
                             outgoing.request = message;
                             instance = next;
                         }
