@@ -1,15 +1,19 @@
 //! Bodies that count the bytes passing through them: the client's request body on its way to
-//! the app (counted, and held to the environment's `max_request_body`), and the response body on
+//! the app (counted, held to the environment's `max_request_body`, and to its
+//! `timeouts.request_body` between two bytes), and the response body on
 //! its way to the client (whose end records the request's metrics and access log line, in
 //! [`crate::proxy::observe`]). Below both `proxy` and `upstream`, and generic over the inner body.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::EnvironmentMetrics;
 
@@ -24,6 +28,15 @@ pub trait Settle {
 
     /// Called once when the body went over its limit.
     fn exceeded(&self) {}
+
+    /// How long the body may wait for its sender without a byte; beyond, it ends with
+    /// [`BodyStalled`].
+    fn idle_limit(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called once when the body waited past its idle limit.
+    fn stalled(&self) {}
 }
 
 /// A request body that went over its environment's `max_request_body`.
@@ -31,15 +44,52 @@ pub trait Settle {
 #[error("the request body is larger than this site accepts")]
 pub struct BodyTooLarge;
 
+/// A request body whose client sent nothing for the environment's `timeouts.request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body byte within the timeout")]
+pub struct BodyStalled;
+
+/// What the request path asks of a request body that could end early (its byte limit, its idle
+/// limit), and how it ended: 413 when it outgrew the limit, 408 when its client stalled. One
+/// allocation, shared by the body and the request path, which reads it after a failed exchange;
+/// kept out of the body itself, which every level of the request's state holds a copy of.
+#[derive(Debug)]
+pub struct BodyWatch {
+    limit: u64,
+    idle_limit: Option<Duration>,
+    end: AtomicU8,
+}
+
+impl BodyWatch {
+    const TOO_LARGE: u8 = 1;
+    const STALLED: u8 = 2;
+
+    pub fn new(limit: u64, idle_limit: Option<Duration>) -> Self {
+        Self {
+            limit,
+            idle_limit,
+            end: AtomicU8::new(0),
+        }
+    }
+
+    pub fn too_large(&self) -> bool {
+        self.end.load(Ordering::SeqCst) == Self::TOO_LARGE
+    }
+
+    pub fn stalled(&self) -> bool {
+        self.end.load(Ordering::SeqCst) == Self::STALLED
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The request body: count what the client sent, and hold it to the environment's limit.
+/// The request body: count what the client sent, and hold it to the environment's limits.
 #[derive(Debug)]
 pub struct ReceivedBytes {
     pub metrics: Arc<EnvironmentMetrics>,
-    pub limit: u64,
-    /// Set when the body went over `limit`, for the request path to answer 413.
-    pub exceeded: Option<Arc<AtomicBool>>,
+    /// The limits, for a body that could outgrow `max_request_body` or stall; `None`: neither
+    /// (no body, or a declared length already held to the limit, with no idle limit).
+    pub watch: Option<Arc<BodyWatch>>,
 }
 
 impl Settle for ReceivedBytes {
@@ -48,12 +98,23 @@ impl Settle for ReceivedBytes {
     }
 
     fn limit(&self) -> u64 {
-        self.limit
+        self.watch.as_ref().map_or(u64::MAX, |watch| watch.limit)
     }
 
     fn exceeded(&self) {
-        if let Some(flag) = &self.exceeded {
-            flag.store(true, Ordering::SeqCst);
+        if let Some(watch) = &self.watch {
+            watch.end.store(BodyWatch::TOO_LARGE, Ordering::SeqCst);
+        }
+    }
+
+    fn idle_limit(&self) -> Option<Duration> {
+        self.watch.as_ref().and_then(|watch| watch.idle_limit)
+    }
+
+    fn stalled(&self) {
+        self.metrics.request_body_timed_out();
+        if let Some(watch) = &self.watch {
+            watch.end.store(BodyWatch::STALLED, Ordering::SeqCst);
         }
     }
 }
@@ -64,6 +125,9 @@ pub struct CountingBody<B, S: Settle> {
     inner: B,
     bytes: u64,
     settle: Option<S>,
+    /// The idle limit's timer, made the first time the body has to wait (a body that arrives
+    /// at once never needs one), and moved on with every byte.
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
 /// A request body counting what the client sent.
@@ -75,6 +139,7 @@ impl<B, S: Settle> CountingBody<B, S> {
             inner,
             bytes: 0,
             settle: Some(settle),
+            idle: None,
         }
     }
 }
@@ -90,13 +155,17 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => return self.wait_within_idle_limit(cx),
             Poll::Ready(polled) => polled,
         };
         let Some(Ok(frame)) = polled else {
             return Poll::Ready(polled.map(|result| result.map_err(Into::into)));
         };
         if let Some(data) = frame.data_ref() {
+            let this = &mut *self;
+            if let (Some(idle), Some(limit)) = (this.idle.as_mut(), this.settle.as_ref().and_then(S::idle_limit)) {
+                idle.as_mut().reset(Instant::now() + limit);
+            }
             self.bytes += data.len() as u64;
             if let Some(settle) = &self.settle
                 && self.bytes > settle.limit()
@@ -117,6 +186,23 @@ where
     }
 }
 
+impl<B, S: Settle> CountingBody<B, S> {
+    /// The inner body has nothing yet: wait, but no longer than the idle limit allows.
+    fn wait_within_idle_limit(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(limit) = self.settle.as_ref().and_then(S::idle_limit) else {
+            return Poll::Pending;
+        };
+        let idle = self.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if idle.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if let Some(settle) = &self.settle {
+            settle.stalled();
+        }
+        Poll::Ready(Some(Err(Box::new(BodyStalled))))
+    }
+}
+
 impl<B, S: Settle> Drop for CountingBody<B, S> {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
@@ -128,7 +214,7 @@ impl<B, S: Settle> Drop for CountingBody<B, S> {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
 
     use http_body_util::BodyExt;
 

@@ -139,6 +139,7 @@ struct Families {
     upstream_retries: IntCounterVec,
     upstream_ejections: IntCounterVec,
     health_checks: IntCounterVec,
+    request_body_timeouts: IntCounterVec,
 }
 
 /// Upstream connections: how many are open now, and how many were ever opened (openings that
@@ -256,6 +257,12 @@ impl Metrics {
                 "gatehouse_upstream_health_checks_total",
                 "Active health checks, by result (success, failure).",
                 &["environment", "result"],
+            )?,
+            request_body_timeouts: counter_vec(
+                &registry,
+                "gatehouse_request_body_timeouts_total",
+                "Requests whose client left the body without a byte for the environment's timeouts.request_body (answered 408, the app's request aborted).",
+                &["environment"],
             )?,
         };
         let instance_healthy = IntGaugeVec::new(
@@ -541,6 +548,7 @@ pub struct EnvironmentMetrics {
     retries: OnceLock<IntCounter>,
     ejections: OnceLock<IntCounter>,
     health_checks: [OnceLock<IntCounter>; 2],
+    request_body_timeouts: OnceLock<IntCounter>,
 }
 
 fn resolve<M: Clone>(slot: &OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> Option<&M> {
@@ -566,6 +574,7 @@ impl EnvironmentMetrics {
             retries: OnceLock::new(),
             ejections: OnceLock::new(),
             health_checks: Default::default(),
+            request_body_timeouts: OnceLock::new(),
         }
     }
 
@@ -621,6 +630,10 @@ impl EnvironmentMetrics {
         if let Some(slot) = self.upstream_errors.get(error as usize) {
             self.counter(slot, |f| &f.upstream_errors, &[&self.name, error.as_str()]);
         }
+    }
+
+    pub fn request_body_timed_out(&self) {
+        self.counter(&self.request_body_timeouts, |f| &f.request_body_timeouts, &[&self.name]);
     }
 
     pub fn upstream_retried(&self) {

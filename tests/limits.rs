@@ -273,3 +273,100 @@ async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
     assert_eq!(common::send_h1(&mut sender, from("192.0.2.2")).await.status, 200);
     assert_eq!(app.requests() as usize, statuses.len() - limited.len() + 1);
 }
+
+/// A client that stops sending its request body for `timeouts.request_body` gets 408, the app's
+/// request is aborted (it never gets the rest), the stall is counted, and it counts against no
+/// instance (the client's doing, not the app's).
+#[tokio::test]
+async fn a_request_body_that_stalls_gets_408_and_the_app_request_is_aborted() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let fixture = Fixture::new();
+    fixture.main_config("");
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[a.addr, b.addr],
+            "[timeouts]\nrequest_body = \"300ms\"\n[outlier_detection]\nconsecutive_failures = 1\n",
+        ),
+    );
+    let running = fixture.start().await;
+    // 100 of the 1,000 bytes it announces, then nothing.
+    let mut request = b"POST /upload HTTP/1.1\r\nHost: shop.apps.test\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b'x'; 100]);
+    assert_eq!(running.raw_status("shop.apps.test", &request).await, 408);
+    assert!(
+        a.upload_bytes_seen() + b.upload_bytes_seen() <= 100,
+        "the app got more than was sent"
+    );
+
+    let (text, parsed) = common::scrape_until(&running, |samples| {
+        samples.contains_key("gatehouse_request_body_timeouts_total{environment=\"shop\"}")
+    })
+    .await;
+    assert_eq!(
+        parsed.get("gatehouse_request_body_timeouts_total{environment=\"shop\"}"),
+        Some(&1.0),
+        "{text}"
+    );
+    assert_eq!(
+        parsed.get("gatehouse_upstream_ejections_total{environment=\"shop\"}"),
+        None,
+        "{text}"
+    );
+    // Both instances still take requests.
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let answer = running.get("shop.apps.test", "/").await;
+        assert_eq!(answer.status, 200);
+        served.insert(answer.header("x-upstream").unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        served.len(),
+        2,
+        "an instance was taken out for a client's stall: {served:?}"
+    );
+}
+
+/// A body that keeps coming, however slowly, is never cut off: the limit is between two bytes.
+#[tokio::test]
+async fn a_slow_but_steady_request_body_is_not_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start("app").await;
+    let fixture = Fixture::new();
+    fixture.main_config("");
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "[timeouts]\nrequest_body = \"300ms\"\n",
+        ),
+    );
+    let running = fixture.start().await;
+    let mut tls = running
+        .tls(Connect {
+            server_name: "shop.apps.test",
+            send_sni: true,
+            alpn: &[b"http/1.1"],
+        })
+        .await;
+    tls.write_all(b"POST /upload HTTP/1.1\r\nHost: shop.apps.test\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Ten bytes, one every 150 ms: 1.5 s in all, five times the limit.
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        tls.write_all(b"x").await.unwrap();
+    }
+    let mut response = Vec::new();
+    tokio::time::timeout(common::WAIT, tls.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("received 10 "), "{text}");
+}

@@ -387,6 +387,10 @@ pub struct EnvironmentTimeouts {
     /// upgraded (WebSocket) connections; `"off"` (the default): no limit.
     #[serde(default)]
     pub total: OptionalDuration,
+    /// Time the client may leave its request body without sending anything (then 408 and the
+    /// app's request is aborted), as nginx's `client_body_timeout`; `"off"`: no limit.
+    #[serde(default = "default_idle_timeout")]
+    pub request_body: OptionalDuration,
 }
 
 impl Default for EnvironmentTimeouts {
@@ -396,6 +400,7 @@ impl Default for EnvironmentTimeouts {
             response: default_response_timeout(),
             idle: default_idle_timeout(),
             total: OptionalDuration::default(),
+            request_body: default_idle_timeout(),
         }
     }
 }

@@ -1,9 +1,11 @@
 //! gatehouse's answer when no instance answered a request: 503 (with the environment's
 //! maintenance page and `Retry-After`) when none was available, 504 on a timeout, 413 for a body
-//! that outgrew its limit while it streamed, else 502. Each is counted by kind.
+//! that outgrew its limit while it streamed, 408 for one whose client stalled, else 502. The
+//! app's failures are counted by kind.
 
 use http::{Response, StatusCode, header};
 
+use crate::body::BodyWatch;
 use crate::live::ServedEnvironment;
 use crate::logs::Throttle;
 use crate::metrics::UpstreamError;
@@ -11,8 +13,26 @@ use crate::pages::{ResponseBody, page};
 use crate::upstream::exchange::{Failed, Failure};
 
 /// The answer when no instance answered: 503 (with the maintenance page) when none was
-/// available, 504 on a timeout, 413 for a body that outgrew its limit, else 502.
-pub fn failure_page(environment: &ServedEnvironment, failed: &Failed, too_large: bool) -> Response<ResponseBody> {
+/// available, 504 on a timeout, 413 for a body that outgrew its limit, 408 for one whose client
+/// stalled (both the client's doing, not the app's: not counted as upstream errors), else 502.
+pub fn failure_page(
+    environment: &ServedEnvironment,
+    failed: &Failed,
+    body: Option<&BodyWatch>,
+) -> Response<ResponseBody> {
+    if let (Failure::Broken(_), Some(end)) = (&failed.failure, body) {
+        if end.too_large() {
+            return page(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        if end.stalled() {
+            // The rest of the body will not be read: the connection closes after the answer.
+            let mut response = page(StatusCode::REQUEST_TIMEOUT);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return response;
+        }
+    }
     let (config, metrics) = (&environment.config, &environment.live.metrics);
     let instance = failed.instance.map(|addr| addr.to_string()).unwrap_or_default();
     static FAILED: Throttle = Throttle::new(10);
@@ -23,7 +43,6 @@ pub fn failure_page(environment: &ServedEnvironment, failed: &Failed, too_large:
         Failure::NoInstance => (StatusCode::SERVICE_UNAVAILABLE, UpstreamError::NoInstance),
         Failure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, UpstreamError::Timeout),
         Failure::Connect(_) => (StatusCode::BAD_GATEWAY, UpstreamError::Connect),
-        Failure::Broken(_) if too_large => return page(StatusCode::PAYLOAD_TOO_LARGE),
         Failure::Broken(_) => (StatusCode::BAD_GATEWAY, UpstreamError::Other),
     };
     metrics.upstream_failed(kind);

@@ -6,7 +6,6 @@
 //! environment's idle and total timeouts. Bodies are never buffered.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -20,7 +19,7 @@ use super::fields::remove_hop_by_hop;
 use super::observe::Details;
 use super::rewrite::{rewrite_request_headers, set_forwarding_headers};
 use super::upgrade;
-use crate::body::{CountedBody, ReceivedBytes};
+use crate::body::{BodyWatch, CountedBody, ReceivedBytes};
 use crate::connection::ConnectionInfo;
 use crate::live::ServedEnvironment;
 use crate::pages::{ResponseBody, page};
@@ -39,7 +38,7 @@ pub struct Prepared {
     downstream_upgrade: Option<tokio::sync::oneshot::Receiver<crate::connection::UpgradedClient>>,
     total_deadline: Option<tokio::time::Instant>,
     /// Set when a body of unknown length outgrew the environment's limit while it streamed.
-    exceeded: Option<Arc<AtomicBool>>,
+    watch: Option<Arc<BodyWatch>>,
 }
 
 /// Rewrite an admitted request for the app.
@@ -82,14 +81,14 @@ pub fn prepare(
     parts.version = Version::HTTP_11;
 
     let limit = environment.config.max_request_body;
+    let idle_limit = environment.config.request_body_timeout;
     // A declared length was held to the limit at admission: only a body of unknown length can
-    // grow past it while it streams.
-    let exceeded =
-        (declared_length.is_none() && !http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
+    // grow past it while it streams; any body can stall.
+    let watch = (!http_body::Body::is_end_stream(&body) && (declared_length.is_none() || idle_limit.is_some()))
+        .then(|| Arc::new(BodyWatch::new(limit, idle_limit)));
     let received = ReceivedBytes {
         metrics: environment.live.metrics.clone(),
-        limit,
-        exceeded: exceeded.clone(),
+        watch: watch.clone(),
     };
     Prepared {
         outgoing: Outgoing {
@@ -103,7 +102,7 @@ pub fn prepare(
         },
         downstream_upgrade: upgrade.then(|| connection.upgrade.wait_for_client()),
         total_deadline,
-        exceeded,
+        watch,
     }
 }
 
@@ -133,7 +132,7 @@ pub fn forward<'a>(
                 policy,
                 downstream_upgrade,
                 total_deadline,
-                exceeded,
+                watch,
             },
         ) = match admitted {
             Ok(admitted) => admitted,
@@ -154,8 +153,7 @@ pub fn forward<'a>(
             Ok(answered) => answered,
             Err(failed) => {
                 details.upstream = failed.instance.map(|addr| (addr, failed.waited));
-                let too_large = exceeded.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
-                return failure_page(environment, &failed, too_large);
+                return failure_page(environment, &failed, watch.as_deref());
             }
         };
         let Answered {

@@ -80,6 +80,7 @@ struct EnvironmentDraft {
     retries: u32,
     idle_timeout: Option<std::time::Duration>,
     total_timeout: Option<std::time::Duration>,
+    request_body_timeout: Option<std::time::Duration>,
     maintenance_page: Option<CustomPage>,
     maintenance_retry_after: u64,
     certificates: Vec<(ServingCertificate, String)>,
@@ -283,6 +284,7 @@ fn compile_environment(
         retries: value.retries,
         idle_timeout: value.timeouts.idle.0,
         total_timeout: value.timeouts.total.0,
+        request_body_timeout: value.timeouts.request_body.0,
         maintenance_page,
         maintenance_retry_after: value.maintenance_retry_after.0.as_secs().max(1),
         certificates,
@@ -584,6 +586,7 @@ fn assemble(
         environment.retries = draft.retries;
         environment.idle_timeout = draft.idle_timeout;
         environment.total_timeout = draft.total_timeout;
+        environment.request_body_timeout = draft.request_body_timeout;
         environment.maintenance_page = draft.maintenance_page;
         environment.maintenance_retry_after = http::HeaderValue::from(draft.maintenance_retry_after);
         environment.rules = draft.rules;

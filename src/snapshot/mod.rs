@@ -111,6 +111,8 @@ pub struct Environment {
     pub idle_timeout: Option<Duration>,
     /// Limit of a whole exchange (not upgraded connections).
     pub total_timeout: Option<Duration>,
+    /// The client may leave its request body without progress this long (408 beyond).
+    pub request_body_timeout: Option<Duration>,
     /// The 503 page when no instance is available, and its `Retry-After`.
     pub maintenance_page: Option<CustomPage>,
     pub maintenance_retry_after: HeaderValue,
@@ -135,6 +137,7 @@ impl Environment {
             response_timeout,
             idle_timeout: None,
             total_timeout: None,
+            request_body_timeout: None,
             maintenance_page: None,
             maintenance_retry_after: HeaderValue::from_static("30"),
             max_request_body: u64::MAX,

@@ -236,7 +236,11 @@ pub fn send(
                     let (again, how) = match err.take_message() {
                         Some(message) => (Some(message), AttemptFailed::NotWritten),
                         None => {
-                            group.record(&instance, Outcome::Failure);
+                            // A request body that failed on gatehouse's side (its client stalled
+                            // or sent too much) says nothing about the instance.
+                            if !err.error().is_user() {
+                                group.record(&instance, Outcome::Failure);
+                            }
                             (replay.as_ref().map(Replay::request), AttemptFailed::WrittenUnanswered)
                         }
                     };
