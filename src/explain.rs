@@ -209,8 +209,10 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertificateFi
         path: path.display().to_string(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_PEM_FILE).map_err(|err| error(err.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .map(|certificate| certificate.map(CertificateDer::into_owned))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| error(err.to_string()))?;
     if chain.is_empty() {
         return Err(error("no PEM certificate in the file".to_owned()));

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod explain;
+pub mod files;
 pub mod headers;
 pub mod live;
 pub mod logs;

@@ -464,3 +464,67 @@ async fn a_valid_change_beside_a_broken_file_waits_for_the_mend_and_no_request_f
     assert!(shop_seen[..first_new].iter().all(|flavour| flavour == "old"));
     assert!(shop_seen[first_new..].iter().all(|flavour| flavour == "new"));
 }
+
+/// A configured path that names a device (or FIFO) is an error with file and reason, never an
+/// endless read: `/dev/zero` as a page, CA bundle, certificate or key once made `check` run out
+/// of memory, and would have taken a reloading process with it.
+#[tokio::test]
+async fn devices_named_as_configuration_files_are_refused_not_read() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    let good = environment_toml("shop", &["shop.apps.test"], &[app.addr], "");
+    fixture.environment("shop", &good);
+    let running = fixture.start().await;
+    let main = fixture.path("gatehouse.toml");
+    let broken_environments = [
+        environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "maintenance_page = \"/dev/zero\"\n",
+        ),
+        environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "forbidden_page = \"/dev/urandom\"\n",
+        ),
+        format!("{good}[[certificates]]\ncertificate = \"/dev/zero\"\nkey = \"../platform.key\"\n"),
+        format!("{good}[[certificates]]\ncertificate = \"../platform.pem\"\nkey = \"/dev/zero\"\n"),
+    ];
+    for broken in broken_environments {
+        fixture.environment("shop", &broken);
+        let errors = running
+            .proxy()
+            .reload(&main, ReloadTrigger::Api)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("not a regular file") && errors.contains("shop.toml"),
+            "{broken}\n{errors}"
+        );
+        assert_eq!(running.get("shop.apps.test", "/").await.status, StatusCode::OK);
+    }
+    // A client CA bundle in the main file, and an environment file that is itself a device.
+    fixture.environment("shop", &good);
+    let original = std::fs::read_to_string(&main).unwrap();
+    fixture.write(
+        "gatehouse.toml",
+        &format!("{original}[profiles.partner]\nclient_ca = \"/dev/zero\"\n"),
+    );
+    let errors = running
+        .proxy()
+        .reload(&main, ReloadTrigger::Api)
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("not a regular file"), "{errors}");
+    fixture.write("gatehouse.toml", &original.replace("env/*.toml", "/dev/zero"));
+    let errors = running
+        .proxy()
+        .reload(&main, ReloadTrigger::Api)
+        .unwrap_err()
+        .to_string();
+    assert!(!errors.is_empty());
+    assert_eq!(running.get("shop.apps.test", "/").await.status, StatusCode::OK);
+}

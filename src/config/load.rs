@@ -161,8 +161,10 @@ fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, Config
 }
 
 fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<SourceFile<T>, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_CONFIG_FILE)
         .map_err(|err| ConfigError::new(path, None, None, format!("cannot read the file: {err}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigError::new(path, None, None, "cannot read the file: expected UTF-8 text"))?;
     match toml::from_str::<T>(&text) {
         Ok(value) => Ok(SourceFile {
             path: path.to_path_buf(),

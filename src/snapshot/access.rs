@@ -126,8 +126,10 @@ pub fn parse_ranges(
 fn load_client_ca(main: &SourceFile<MainFile>, written: &Spanned<String>) -> Result<Arc<ClientCa>, String> {
     let path = main.resolve(written.get_ref());
     let source = path.display().to_string();
-    let certificates = CertificateDer::pem_file_iter(&path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+    let bytes = crate::files::read_bounded(&path, crate::files::MAX_PEM_FILE)
+        .map_err(|err| format!("cannot read CA bundle {source}: {err}"))?;
+    let certificates = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("cannot read CA bundle {source}: {err}"))?;
     if certificates.is_empty() {
         return Err(format!(
@@ -213,14 +215,7 @@ pub fn load_page(
 ) -> Option<CustomPage> {
     let written = written?;
     let path = file.resolve(written.get_ref());
-    let read = std::fs::metadata(&path)
-        .and_then(|meta| {
-            if meta.len() > MAX_PAGE_BYTES {
-                Err(std::io::Error::other(format!("larger than {MAX_PAGE_BYTES} bytes")))
-            } else {
-                std::fs::read(&path)
-            }
-        })
+    let read = crate::files::read_bounded(&path, MAX_PAGE_BYTES)
         .map_err(|err| format!("cannot read {}: {err}", path.display()));
     match read {
         Ok(bytes) => {

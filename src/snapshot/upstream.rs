@@ -255,7 +255,9 @@ fn compile_tls(
             let loaded = ServingCertificate::from_files(&certificate_path, &key_path, &crypto_provider())
                 .map_err(|err| err.to_string())
                 .and_then(|serving| {
-                    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|err| err.to_string())?;
+                    let bytes = crate::files::read_bounded(&key_path, crate::files::MAX_PEM_FILE)
+                        .map_err(|err| format!("cannot read {}: {err}", key_path.display()))?;
+                    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|err| err.to_string())?;
                     Ok((serving.certified.cert.clone(), key))
                 });
             match loaded {
@@ -301,7 +303,8 @@ fn compile_tls(
 
 fn read_roots(path: &std::path::Path) -> Result<(RootCertStore, Vec<u8>), String> {
     let source = path.display();
-    let bytes = std::fs::read(path).map_err(|err| format!("cannot read CA bundle {source}: {err}"))?;
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_PEM_FILE)
+        .map_err(|err| format!("cannot read CA bundle {source}: {err}"))?;
     let certificates = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("cannot read CA bundle {source}: {err}"))?;

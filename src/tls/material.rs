@@ -93,20 +93,26 @@ impl ServingCertificate {
         let certificate_name = certificate.display().to_string();
         let key_name = key.display().to_string();
         let chain = read_chain(certificate, &certificate_name)?;
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|err| MaterialError::ReadKey {
+        let read_key = |key: &Path| -> Result<PrivateKeyDer<'static>, String> {
+            let bytes = crate::files::read_bounded(key, crate::files::MAX_PEM_FILE).map_err(|err| err.to_string())?;
+            PrivateKeyDer::from_pem_slice(&bytes).map_err(|err| err.to_string())
+        };
+        let key_der = read_key(key).map_err(|reason| MaterialError::ReadKey {
             path: key_name.clone(),
-            reason: err.to_string(),
+            reason,
         })?;
         Self::from_der(chain, key_der, provider, (&certificate_name, &key_name))
     }
 }
 
 fn read_chain(path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|err| MaterialError::ReadCertificate {
-        path: name.to_owned(),
-        reason: err.to_string(),
-    })?;
-    let chain = iter
+    let bytes =
+        crate::files::read_bounded(path, crate::files::MAX_PEM_FILE).map_err(|err| MaterialError::ReadCertificate {
+            path: name.to_owned(),
+            reason: err.to_string(),
+        })?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .map(|certificate| certificate.map(CertificateDer::into_owned))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| MaterialError::ReadCertificate {
             path: name.to_owned(),
