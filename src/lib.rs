@@ -22,6 +22,7 @@ pub mod connection;
 pub mod explain;
 pub mod files;
 pub mod headers;
+pub mod linger;
 pub mod live;
 pub mod logs;
 pub mod metrics;

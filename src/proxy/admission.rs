@@ -5,12 +5,13 @@
 //! | order | check | answer |
 //! | --- | --- | --- |
 //! | 1 | path and query no longer than `limits.max_uri_bytes` | 414 |
-//! | 2 | a well-formed host (`:authority` or one `Host`) | 400 |
-//! | 3 | an environment serves the host | 404 |
-//! | 4 | the host is served under the TLS policy the connection was opened with | 421 |
-//! | 5 | the client is within the environment's `rate_limit` | 429 with `Retry-After` |
-//! | 6 | the path normalises safely, and the access profile allows the client | 400, 403 |
-//! | 7 | a declared `Content-Length` within the environment's `max_request_body` | 413 |
+//! | 2 | a head within `limits.max_request_header_bytes` ([`head_bytes`]) and `limits.max_request_headers` | 431 |
+//! | 3 | a well-formed host (`:authority` or one `Host`) | 400 |
+//! | 4 | an environment serves the host | 404 |
+//! | 5 | the host is served under the TLS policy the connection was opened with | 421 |
+//! | 6 | the client is within the environment's `rate_limit` | 429 with `Retry-After` |
+//! | 7 | the path normalises safely, and the access profile allows the client | 400, 403 |
+//! | 8 | a declared `Content-Length` within the environment's `max_request_body` | 413 |
 
 use std::net::IpAddr;
 
@@ -59,6 +60,11 @@ pub fn admit<'a, B>(
     let uri_bytes = request.uri().path_and_query().map_or(0, |path| path.as_str().len());
     if uri_bytes > snapshot.settings.max_uri_bytes {
         return Err(page(StatusCode::URI_TOO_LONG));
+    }
+    if request.headers().len() > snapshot.settings.max_request_headers
+        || head_bytes(request) > snapshot.settings.max_request_header_bytes
+    {
+        return Err(page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
     }
     let Some(host) = host else {
         return Err(page(StatusCode::BAD_REQUEST));
@@ -125,6 +131,36 @@ pub fn admit<'a, B>(
         uri,
         declared_length,
     })
+}
+
+/// The size of the request's head as HTTP/1.1 spells it: the request line (`METHOD target
+/// HTTP/1.1` and CRLF), each header field as `name: value` and CRLF, and the closing CRLF.
+/// Measured on the parsed request, so that the limit holds exactly whatever the layout on the
+/// wire (one field or many, one TLS record or several, HTTP/1.1 or HTTP/2). For HTTP/2 the
+/// target is `:path`, and `:authority` counts as a `host` field when the request has none;
+/// other pseudo-header fields are not counted.
+pub fn head_bytes<B>(request: &Request<B>) -> usize {
+    const VERSION_AND_CRLF: usize = " HTTP/1.1\r\n".len();
+    const FIELD_SEPARATORS: usize = ": \r\n".len();
+    let uri = request.uri();
+    let authority = uri.authority().map_or(0, |authority| authority.as_str().len());
+    let path = uri.path_and_query().map_or(0, |path| path.as_str().len());
+    let (target, authority_field) = if request.version() == http::Version::HTTP_2 {
+        let as_host = if request.headers().contains_key(header::HOST) {
+            0
+        } else {
+            "host".len() + FIELD_SEPARATORS + authority
+        };
+        (path, as_host)
+    } else {
+        // Origin form (`/path`), absolute form (`https://host/path`) or authority form (CONNECT).
+        let scheme = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len());
+        (scheme + authority + path, 0)
+    };
+    let fields: usize = (request.headers().iter())
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD_SEPARATORS)
+        .sum();
+    request.method().as_str().len() + 1 + target + VERSION_AND_CRLF + authority_field + fields + "\r\n".len()
 }
 
 /// The request's path and query, as an HTTP/1.1 request line carries it.
@@ -394,6 +430,32 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn the_head_is_measured_as_http1_spells_it_for_either_protocol() {
+        // "GET /orders?x=1 HTTP/1.1\r\n" + "host: shop.test\r\n" + "accept: */*\r\n" + "\r\n"
+        let expected = 26 + 17 + 13 + 2;
+        let http1 = Request::get("/orders?x=1")
+            .header(header::HOST, "shop.test")
+            .header(header::ACCEPT, "*/*")
+            .body(())
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(head_bytes(&http1), expected);
+        // HTTP/2: the target is `:path`; `:authority` counts as the host field, `:scheme` not.
+        let http2 = Request::get("https://shop.test/orders?x=1")
+            .version(http::Version::HTTP_2)
+            .header(header::ACCEPT, "*/*")
+            .body(())
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(head_bytes(&http2), expected);
+        // An absolute-form HTTP/1.1 target counts in full.
+        let absolute = Request::get("https://shop.test/orders?x=1")
+            .header(header::HOST, "shop.test")
+            .header(header::ACCEPT, "*/*")
+            .body(())
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(head_bytes(&absolute), expected + "https://shop.test".len());
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //!    request's host;
 //! 2. [`admission::admit`], without waiting and without touching the body: routing picks the
 //!    environment (404), checked against the connection's TLS policy (421), then rate limit
-//!    (429), access rules (400, 403) and the declared body length (413), in one documented order;
+//!    (429), access rules (400, 403) and the declared body length (413), in one documented order
+//!    (the head's size, 431, and the URI's length, 414, before all); a refused request's body is
+//!    read and dropped beside the answer ([`crate::linger`]);
 //! 3. [`forward::prepare`] rewrites the admitted request for the app ([`rewrite`], [`fields`]);
 //! 4. [`forward::forward`] picks an instance and streams both ways (the one wait), and
 //!    [`failure`] answers when no instance did;
@@ -35,7 +37,7 @@ use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::connection::ConnectionInfo;
-use crate::live::Installed;
+use crate::live::{Installed, ServedEnvironment};
 use crate::logs::LogSink;
 use crate::pages::ResponseBody;
 use crate::route::request_host;
@@ -83,7 +85,7 @@ pub fn handle(
         let logged_uri = shared.access_log.enabled().then(|| request.uri().clone());
         let host = request_host(&request).ok();
         let mut details = Details::default();
-        let admitted = admission::admit(
+        let admission = admission::admit(
             shared,
             connection,
             &installed,
@@ -91,14 +93,8 @@ pub fn handle(
             &request_id,
             &request,
             &mut details,
-        )
-        .map(|admission| {
-            let environment = admission.environment;
-            (
-                environment,
-                forward::prepare(connection, &request_id, admission, request),
-            )
-        });
+        );
+        let admitted = prepare_or_refuse(connection, &request_id, admission, request);
         let mut response = forward::forward(admitted, &mut details).await;
         // The environment's header policy covers its every answer, gatehouse's own pages included;
         // without an environment (400, 404, 421) the platform's own headers apply.
@@ -144,6 +140,36 @@ pub fn handle(
             log,
         };
         response.map(|body| ObservedBody::new(body, exchange))
+    }
+}
+
+/// An admitted request is prepared for the app; a refused one's body is read and dropped beside
+/// the answer ([`crate::linger`]), so that a client still sending gets to read the answer. Not
+/// when the client waits for `100 Continue` before sending: reading the body would invite it.
+#[expect(
+    clippy::result_large_err,
+    reason = "the refusal is the response itself, returned as admission returns it; boxing adds an allocation"
+)]
+fn prepare_or_refuse<'a>(
+    connection: &ConnectionInfo,
+    request_id: &HeaderValue,
+    admission: Result<admission::Admission<'a>, Response<ResponseBody>>,
+    request: Request<Incoming>,
+) -> Result<(&'a ServedEnvironment, forward::Prepared), Response<ResponseBody>> {
+    use http_body::Body;
+    match admission {
+        Ok(admission) => Ok((
+            admission.environment,
+            forward::prepare(connection, request_id, admission, request),
+        )),
+        Err(refusal) => {
+            let waits_for_continue = (request.headers().get(header::EXPECT))
+                .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if !request.body().is_end_stream() && !waits_for_continue {
+                tokio::spawn(crate::linger::discard_body(request.into_body(), crate::linger::BOUNDS));
+            }
+            Err(refusal)
+        }
     }
 }
 

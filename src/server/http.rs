@@ -143,6 +143,26 @@ fn http2_connection(
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(settings.max_request_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(header_list_bound(
+            settings.max_request_header_bytes,
+            settings.max_request_headers,
+        ))
         .serve_connection(io, service(shared, connection, None))
+}
+
+/// hyper's bound on the raw bytes of an HTTP/1.1 head: twice the limit, so that a head within
+/// the limit is always parsed (the wire spelling is longer only by optional whitespace) and
+/// measured exactly; beyond this bound hyper answers 431 itself without parsing.
+pub fn raw_head_bound(limit: usize) -> usize {
+    limit.saturating_mul(2)
+}
+
+/// The HTTP/2 header list size gatehouse advertises and h2 decodes up to. h2 counts 32 bytes
+/// more per field than the HTTP/1.1 spelling the limit is measured in (RFC 9113, section 6.5.2),
+/// so the bound leaves room for that, and for the pseudo-header fields, above four times the
+/// limit: every head within the limit reaches `proxy::admission`, which answers 431 exactly.
+/// Beyond it h2 answers 431 itself, or ends the connection for a header block far beyond it.
+fn header_list_bound(limit: usize, max_fields: usize) -> u32 {
+    let per_field_overhead = 32 * (max_fields + 8);
+    u32::try_from(limit.saturating_mul(4).saturating_add(per_field_overhead)).unwrap_or(u32::MAX)
 }

@@ -110,9 +110,17 @@ async fn serve_requests(
             poll_fn(|cx| http.poll_without_shutdown(cx)).await
         }
     };
+    // The client may still be sending when hyper refused its head (431, 400), or when a request
+    // body was left unread (an early answer): then the connection closes the lingering way.
+    let linger = activity.took_body() || finished.as_ref().is_err_and(hyper::Error::is_parse);
     match finished {
-        Ok(()) => close(shared, connection, take_back(*http)).await,
-        Err(err) => tracing::debug!(error = %err, "connection ended with an error"),
+        Ok(()) => close(shared, connection, take_back(*http), linger).await,
+        Err(err) => {
+            tracing::debug!(error = %err, "connection ended with an error");
+            if linger {
+                crate::linger::close_stream(&mut take_back(*http), crate::linger::BOUNDS).await;
+            }
+        }
     }
     None
 }
@@ -174,11 +182,15 @@ async fn until_idle(http: &mut Connection, activity: &Activity) -> Ended {
 }
 
 /// hyper finished the connection: hand the stream to the upgrade waiting for it (the app
-/// answered 101), or close it with a TLS close_notify as hyper would have.
-async fn close(shared: &Shared, connection: &ConnectionInfo, client: ClientStream) {
+/// answered 101), or close it with a TLS close_notify as hyper would have, lingering when the
+/// client may still be sending ([`crate::linger`]).
+async fn close(shared: &Shared, connection: &ConnectionInfo, client: ClientStream, linger: bool) {
     let Err(mut client) = connection.upgrade.hand_over(Box::new(client)) else {
         return;
     };
+    if linger {
+        return crate::linger::close_stream(&mut client, crate::linger::BOUNDS).await;
+    }
     let header_timeout = shared.installed().snapshot.settings.request_header_timeout;
     let _ = tokio::time::timeout(header_timeout, client.shutdown()).await;
 }
@@ -195,8 +207,9 @@ fn http1_connection(
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.request_header_timeout)
-        // A request head larger than the buffer, or with too many fields, is answered 431.
-        .max_buf_size(settings.max_request_header_bytes)
+        // The head limit is enforced exactly on the parsed request (`proxy::admission`); hyper's
+        // own bounds only stop a head too large to be worth parsing (431 from hyper).
+        .max_buf_size(super::http::raw_head_bound(settings.max_request_header_bytes))
         .max_headers(settings.max_request_headers)
         .serve_connection(
             TokioIo::new(client),
@@ -234,6 +247,12 @@ impl Activity {
             self.unparkable.store(true, Ordering::Relaxed);
         }
         ResponseOpen(self.clone())
+    }
+
+    /// A request on this hyper connection had a body (which may have been left unread), or hyper
+    /// was inside a message when asked to stop: the client may still be sending.
+    fn took_body(&self) -> bool {
+        self.unparkable.load(Ordering::Relaxed)
     }
 
     fn refuse_parking(&self) {
