@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use crate::access::profile::{CertificateStatus, ClientCa};
-use crate::tls::client_auth::verify_against;
+use crate::tls::client_auth::{apply_revocation, verify_against};
 use crate::tls::client_certificate::{CertificateIdentity, chain_not_after};
 use crate::tls::policy::PolicyKey;
+use crate::tls::revocation::{RevocationKey, revocation_keys};
 
 /// What the request path knows about the downstream connection a request came on, computed
 /// once per connection.
@@ -46,6 +47,9 @@ pub struct ClientCertificate {
     /// The end of the chain's validity (its earliest `notAfter`, seconds since the Unix epoch):
     /// a verdict of "verified" holds until then, and is judged again on each request.
     valid_until: i64,
+    /// How CRLs name the chain's certificates: looked up per request in the revocation lists of
+    /// the configuration in force.
+    revocation_keys: Box<[RevocationKey]>,
     /// The `SSL-Client-*` values for the app, when the certificate could be parsed.
     pub identity: Option<IdentityHeaders>,
     pub subject: String,
@@ -77,22 +81,15 @@ impl ClientCertificate {
                 fingerprint: HeaderValue::try_from(identity.sha1_fingerprint).ok()?,
             })
         });
+        let revocation_keys = revocation_keys(&chain);
         Self {
             chain,
             checked,
             valid_until,
+            revocation_keys,
             identity,
             subject,
         }
-    }
-
-    /// Whether the certificate passed for at least one CA of the connection's policy, and is
-    /// still within its validity now.
-    pub fn verified(&self) -> bool {
-        self.checked
-            .iter()
-            .any(|(_, status)| *status == CertificateStatus::Verified)
-            && self.still_valid()
     }
 
     /// Whether the chain's validity has not ended since the handshake: a verdict is kept for the
@@ -106,8 +103,9 @@ impl ClientCertificate {
 }
 
 impl ConnectionInfo {
-    /// How the client's certificate stands with `ca`: from the handshake-time check, or checked
-    /// now when a reload brought a CA the connection did not know.
+    /// How the client's certificate stands with `ca` now: the chain from the handshake-time
+    /// check (or checked now when a reload brought a CA the connection did not know), its
+    /// validity at this moment, and the CA's revocation lists in force.
     pub fn certificate_status(&self, ca: &ClientCa) -> CertificateStatus {
         let Some(certificate) = &self.client_certificate else {
             return CertificateStatus::Absent;
@@ -116,18 +114,26 @@ impl ConnectionInfo {
             Some((_, status)) => *status,
             None => verify_against(ca, &certificate.chain),
         };
-        match status {
+        let status = match status {
             CertificateStatus::Verified if !certificate.still_valid() => CertificateStatus::Rejected,
             status => status,
-        }
+        };
+        apply_revocation(ca, status, &certificate.revocation_keys)
     }
 
-    /// The verified client certificate's identity, if there is one.
-    pub fn verified_identity(&self) -> Option<&IdentityHeaders> {
-        self.client_certificate
-            .as_ref()
-            .filter(|certificate| certificate.verified())
-            .and_then(|certificate| certificate.identity.as_ref())
+    /// The client certificate's identity for the app (`SSL-Client-*`): when it passes for at
+    /// least one of `cas` (the CAs of the environment's profiles) and none of them revokes it.
+    pub fn verified_identity(&self, cas: &[Arc<ClientCa>]) -> Option<&IdentityHeaders> {
+        let certificate = self.client_certificate.as_ref()?;
+        let mut verified = false;
+        for ca in cas {
+            match self.certificate_status(ca) {
+                CertificateStatus::Verified => verified = true,
+                CertificateStatus::Revoked => return None,
+                CertificateStatus::Absent | CertificateStatus::Rejected => {}
+            }
+        }
+        verified.then_some(certificate.identity.as_ref()).flatten()
     }
 }
 

@@ -12,8 +12,9 @@ use crate::access::path::normalize;
 use crate::access::profile::{AllowReason, CertificateStatus, Decision, DenyReason, Profile};
 use crate::access::{self, Evaluation};
 use crate::snapshot::Snapshot;
-use crate::tls::client_auth::verify_against;
+use crate::tls::client_auth::{apply_revocation, verify_against};
 use crate::tls::client_certificate::CertificateIdentity;
+use crate::tls::revocation::revocation_keys;
 
 /// The request to explain.
 pub struct Question<'a> {
@@ -125,10 +126,19 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
         say("certificate", subject);
     }
 
+    let revocation_keys = chain.as_deref().map(revocation_keys).unwrap_or_default();
+    let mut revoked_by = None;
     let certificate_status = |ca: &crate::access::profile::ClientCa| {
-        chain
+        let status = chain
             .as_deref()
-            .map_or(CertificateStatus::Absent, |chain| verify_against(ca, chain))
+            .map_or(CertificateStatus::Absent, |chain| verify_against(ca, chain));
+        let status = apply_revocation(ca, status, &revocation_keys);
+        if let (CertificateStatus::Revoked, Some(list)) = (status, &ca.revocation)
+            && let Some(crl) = list.revoked_by(&revocation_keys)
+        {
+            revoked_by = Some(format!("listed in CRL {} (issued by \"{}\")", crl.source, crl.issuer));
+        }
+        status
     };
     let evaluation = match access::evaluate(
         &snapshot.profiles,
@@ -158,6 +168,9 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
         ),
     };
     say("decision", verdict);
+    if let Some(revocation) = revoked_by {
+        say("revocation", revocation);
+    }
     Ok(Explanation { lines, outcome })
 }
 
@@ -200,6 +213,9 @@ fn deny_text(reason: DenyReason) -> &'static str {
         DenyReason::NoCertificate => "the profile needs a client certificate and none was presented",
         DenyReason::CertificateRejected => {
             "the client certificate does not chain to the profile's CA, has expired, or does not allow client authentication"
+        }
+        DenyReason::CertificateRevoked => {
+            "the client certificate (or a certificate of its chain) is listed in a revocation list of the profile's client CA"
         }
     }
 }

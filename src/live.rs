@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::access::profile::Profile;
 use crate::metrics::{EnvironmentMetrics, HandshakeCounters, Metrics, UNROUTED};
 use crate::rate_limit::{ClientLimiter, Rate};
 use crate::snapshot::{Environment, Snapshot};
@@ -155,8 +156,18 @@ impl LiveState {
                 .iter()
                 .map(|(domain, not_after)| (environment.name.as_str(), domain.as_str(), *not_after))
         });
+        let crls = (snapshot.profile_names.iter().zip(&snapshot.profiles)).flat_map(|(name, profile)| {
+            let list = match profile {
+                Profile::Restricted(restriction) => {
+                    restriction.client_ca.as_ref().and_then(|ca| ca.revocation.as_ref())
+                }
+                Profile::AllowAll | Profile::DenyAll => None,
+            };
+            (list.into_iter().flat_map(|list| &list.files))
+                .filter_map(move |crl| Some((name.as_str(), crl.source.as_str(), crl.next_update?)))
+        });
         self.metrics
-            .configuration_installed(generation, &snapshot.sha256, expiry);
+            .configuration_installed(generation, &snapshot.sha256, expiry, crls);
         Installed {
             generation,
             environments: environments.into(),

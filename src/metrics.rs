@@ -167,6 +167,7 @@ pub struct Metrics {
     last_reload: Gauge,
     config_info: IntGaugeVec,
     certificate_expiry: GaugeVec,
+    crl_next_update: GaugeVec,
     /// `gatehouse_log_lines_dropped_total` by [`LogDrop`].
     log_lines_dropped: Box<[IntCounter]>,
     upstream_connections: UpstreamConnections,
@@ -325,6 +326,14 @@ impl Metrics {
             &["environment", "domain"],
         )?;
         registry.register(Box::new(certificate_expiry.clone()))?;
+        let crl_next_update = GaugeVec::new(
+            Opts::new(
+                "gatehouse_client_crl_next_update_timestamp_seconds",
+                "nextUpdate of each client certificate revocation list in force, by profile and file, in seconds since the Unix epoch.",
+            ),
+            &["profile", "file"],
+        )?;
+        registry.register(Box::new(crl_next_update.clone()))?;
         let log_lines_dropped = counter_vec(
             &registry,
             "gatehouse_log_lines_dropped_total",
@@ -365,6 +374,7 @@ impl Metrics {
             last_reload,
             config_info,
             certificate_expiry,
+            crl_next_update,
             log_lines_dropped: series_by(LogDrop::ALL, LogDrop::as_str, |reason| {
                 log_lines_dropped.get_metric_with_label_values(&[reason])
             })?,
@@ -416,13 +426,14 @@ impl Metrics {
     }
 
     /// Publish what a configuration being installed says about itself: its generation, the
-    /// SHA-256 of its files, and the end of validity of the certificate served for each
-    /// (environment, domain).
+    /// SHA-256 of its files, the end of validity of the certificate served for each
+    /// (environment, domain), and the `nextUpdate` of each (profile, CRL file).
     pub fn configuration_installed<'a>(
         &self,
         generation: u64,
         sha256: &str,
         certificate_expiry: impl Iterator<Item = (&'a str, &'a str, i64)>,
+        crl_next_update: impl Iterator<Item = (&'a str, &'a str, i64)>,
     ) {
         self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         let now = std::time::SystemTime::now()
@@ -440,6 +451,12 @@ impl Metrics {
                 .get_metric_with_label_values(&[environment, domain])
             {
                 gauge.set(not_after as f64);
+            }
+        }
+        self.crl_next_update.reset();
+        for (profile, file, next_update) in crl_next_update {
+            if let Ok(gauge) = self.crl_next_update.get_metric_with_label_values(&[profile, file]) {
+                gauge.set(next_update as f64);
             }
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rustls::server::danger::ClientCertVerifier;
 
 use super::ranges::RangeSet;
+use crate::tls::revocation::RevocationList;
 
 /// What a profile asks of a request.
 #[derive(Debug, Clone)]
@@ -48,13 +49,17 @@ impl Require {
     }
 }
 
-/// A client certificate authority bundle and the verifier that checks chains against it.
+/// A client certificate authority bundle, the verifier that checks chains against it, and the
+/// revocation lists in force for it.
 #[derive(Debug)]
 pub struct ClientCa {
-    /// Identifies the bundle by content, stable across reloads.
+    /// Identifies the bundle by content, stable across reloads (a CRL update leaves it, and so
+    /// the TLS policies built on it, unchanged).
     pub id: u64,
     pub source: String,
     pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The profile's `client_crls`, looked up per request; `None` when it has none.
+    pub revocation: Option<RevocationList>,
 }
 
 /// What is known about the client's certificate with respect to one CA.
@@ -66,6 +71,8 @@ pub enum CertificateStatus {
     Verified,
     /// It was sent but does not pass for this CA.
     Rejected,
+    /// It passes for this CA, but a CRL of the profile lists it (or a certificate of its chain).
+    Revoked,
 }
 
 /// The outcome for one request, with the reason operators see in logs and `explain`.
@@ -91,6 +98,7 @@ pub enum DenyReason {
     NotInRange,
     NoCertificate,
     CertificateRejected,
+    CertificateRevoked,
 }
 
 impl AllowReason {
@@ -112,13 +120,14 @@ impl DenyReason {
             Self::NotInRange => "not_in_range",
             Self::NoCertificate => "no_certificate",
             Self::CertificateRejected => "certificate_rejected",
+            Self::CertificateRevoked => "certificate_revoked",
         }
     }
 }
 
 impl Decision {
     /// Every decision, in the order of [`Decision::index`] (metric series are resolved by it).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Allow(AllowReason::Open),
         Self::Allow(AllowReason::Range),
         Self::Allow(AllowReason::Certificate),
@@ -128,6 +137,7 @@ impl Decision {
         Self::Deny(DenyReason::NotInRange),
         Self::Deny(DenyReason::NoCertificate),
         Self::Deny(DenyReason::CertificateRejected),
+        Self::Deny(DenyReason::CertificateRevoked),
     ];
 
     /// The position of this decision in [`Decision::ALL`].
@@ -142,6 +152,7 @@ impl Decision {
             Self::Deny(DenyReason::NotInRange) => 6,
             Self::Deny(DenyReason::NoCertificate) => 7,
             Self::Deny(DenyReason::CertificateRejected) => 8,
+            Self::Deny(DenyReason::CertificateRevoked) => 9,
         }
     }
 
@@ -183,6 +194,7 @@ impl Profile {
         let verified = certificate == Some(CertificateStatus::Verified);
         let certificate_denial = match certificate {
             Some(CertificateStatus::Rejected) => DenyReason::CertificateRejected,
+            Some(CertificateStatus::Revoked) => DenyReason::CertificateRevoked,
             _ => DenyReason::NoCertificate,
         };
         match restriction.require {

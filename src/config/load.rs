@@ -65,7 +65,12 @@ impl LoadedConfig {
                 .map(|p| main.resolve(p.get_ref())),
         );
         for profile in main.value.profiles.values() {
-            files.extend(profile.get_ref().client_ca.iter().map(|p| main.resolve(p.get_ref())));
+            let profile = profile.get_ref();
+            files.extend(
+                (profile.client_ca.iter())
+                    .chain(&profile.client_crls)
+                    .map(|p| main.resolve(p.get_ref())),
+            );
         }
         for environment in &self.environments {
             files.push(environment.path.clone());

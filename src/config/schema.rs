@@ -106,6 +106,9 @@ pub struct ProfileSection {
     pub deny: Vec<Spanned<String>>,
     /// PEM bundle of the CA (root and optional intermediates) client certificates must chain to.
     pub client_ca: Option<Spanned<String>>,
+    /// Certificate revocation lists (PEM or DER files) issued by a certificate of `client_ca`.
+    #[serde(default)]
+    pub client_crls: Vec<Spanned<String>>,
     /// `"any"`: a matching range or a verified certificate; `"all"`: every configured condition.
     #[serde(default = "default_require")]
     pub require: Require,

@@ -72,6 +72,7 @@ pub fn prepare(
         &client,
         host.clone(),
         request_id.clone(),
+        &environment.config.client_cas,
     );
     let upgrade = upgrade_protocol.is_some();
     if let Some(protocol) = upgrade_protocol {

@@ -6,7 +6,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 use super::client_address::ClientAddress;
 use super::fields::*;
+use crate::access::profile::ClientCa;
 use crate::connection::ConnectionInfo;
+use std::sync::Arc;
 
 /// Remove what must not travel from the client to the app, and translate HTTP/2-only forms.
 pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
@@ -34,6 +36,7 @@ pub fn set_forwarding_headers(
     client: &ClientAddress,
     host: HeaderValue,
     request_id: HeaderValue,
+    client_cas: &[Arc<ClientCa>],
 ) {
     let peer_is_client = client.ip == connection.client.ip().to_canonical();
     let real_ip = match peer_is_client {
@@ -55,7 +58,7 @@ pub fn set_forwarding_headers(
     headers.insert(header::HOST, host);
     headers.insert(SSL_PROTOCOL, connection.tls_protocol.clone());
     headers.insert(SSL_CIPHER, connection.tls_cipher.clone());
-    if let Some(identity) = connection.verified_identity() {
+    if let Some(identity) = connection.verified_identity(client_cas) {
         headers.insert(SSL_CLIENT_S_DN, identity.subject_dn.clone());
         headers.insert(SSL_CLIENT_I_DN, identity.issuer_dn.clone());
         headers.insert(SSL_CLIENT_SERIAL, identity.serial.clone());

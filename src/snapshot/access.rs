@@ -21,6 +21,7 @@ use crate::config::schema::{EnvironmentFile, MainFile, ProfileSection};
 use crate::config::{ConfigError, SourceFile};
 use crate::pages::CustomPage;
 use crate::tls::policy::crypto_provider;
+use crate::tls::revocation::RevocationList;
 
 /// Largest 403 page file accepted.
 const MAX_PAGE_BYTES: u64 = 64 * 1024;
@@ -79,8 +80,17 @@ fn compile_profile(
     let before = errors.len();
     let allow = parse_ranges(main, &format!("{key}.ranges"), &value.ranges, errors);
     let deny = parse_ranges(main, &format!("{key}.deny"), &value.deny, errors);
+    if value.client_ca.is_none()
+        && let Some(first) = value.client_crls.first()
+    {
+        errors.push(main.error_at(
+            &first.span(),
+            &format!("{key}.client_crls"),
+            "revocation lists need the `client_ca` whose certificates they revoke",
+        ));
+    }
     let client_ca = value.client_ca.as_ref().and_then(|written| {
-        load_client_ca(main, written)
+        load_client_ca(main, written, key, &value.client_crls, errors)
             .map_err(|message| errors.push(main.error_at(&written.span(), &format!("{key}.client_ca"), message)))
             .ok()
     });
@@ -123,7 +133,15 @@ pub fn parse_ranges(
     networks
 }
 
-fn load_client_ca(main: &SourceFile<MainFile>, written: &Spanned<String>) -> Result<Arc<ClientCa>, String> {
+/// The profile's client CA with its revocation lists. An error in the bundle is returned (it
+/// belongs to `client_ca`); an error in a CRL is pushed with the CRL's own place and key.
+fn load_client_ca(
+    main: &SourceFile<MainFile>,
+    written: &Spanned<String>,
+    key: &str,
+    crls: &[Spanned<String>],
+    errors: &mut Vec<ConfigError>,
+) -> Result<Arc<ClientCa>, String> {
     let path = main.resolve(written.get_ref());
     let source = path.display().to_string();
     let bytes = crate::files::read_bounded(&path, crate::files::MAX_PEM_FILE)
@@ -136,6 +154,7 @@ fn load_client_ca(main: &SourceFile<MainFile>, written: &Spanned<String>) -> Res
             "{source} holds no PEM certificate (expected the CA's root and optional intermediates)"
         ));
     }
+    let revocation = load_crls(main, key, crls, &certificates, errors);
     let mut hasher = DefaultHasher::new();
     let mut roots = RootCertStore::empty();
     for certificate in certificates {
@@ -152,7 +171,35 @@ fn load_client_ca(main: &SourceFile<MainFile>, written: &Spanned<String>) -> Res
         id: hasher.finish(),
         source,
         verifier,
+        revocation,
     }))
+}
+
+/// Read and check a profile's `client_crls` against its CA bundle; `None` when it has none or
+/// one is refused (the error is pushed, and the configuration is refused with it).
+fn load_crls(
+    main: &SourceFile<MainFile>,
+    key: &str,
+    crls: &[Spanned<String>],
+    bundle: &[CertificateDer<'static>],
+    errors: &mut Vec<ConfigError>,
+) -> Option<RevocationList> {
+    if crls.is_empty() {
+        return None;
+    }
+    let before = errors.len();
+    let mut list = RevocationList::default();
+    for written in crls {
+        let path = main.resolve(written.get_ref());
+        let source = path.display().to_string();
+        let added = crate::files::read_bounded(&path, crate::files::MAX_PEM_FILE)
+            .map_err(|err| format!("cannot read CRL {source}: {err}"))
+            .and_then(|bytes| list.add_file(&source, &bytes, bundle));
+        if let Err(message) = added {
+            errors.push(main.error_at(&written.span(), &format!("{key}.client_crls"), message));
+        }
+    }
+    (errors.len() == before).then_some(list)
 }
 
 /// The environment's path rules; empty when it has none (the environment is open).

@@ -589,6 +589,7 @@ fn assemble(
         environment.request_body_timeout = draft.request_body_timeout;
         environment.maintenance_page = draft.maintenance_page;
         environment.maintenance_retry_after = http::HeaderValue::from(draft.maintenance_retry_after);
+        environment.client_cas = profile_cas_of(&draft.rules, &profiles);
         environment.rules = draft.rules;
         environment.forbidden_page = draft.forbidden_page;
         environment.max_request_body = draft.max_request_body;
@@ -599,6 +600,7 @@ fn assemble(
 
     let platform_certificate = certificate_summary(&platform, platform_label);
     warnings.extend(expiry_warning(&platform_certificate, now));
+    warnings.extend(stale_crl_warnings(&profiles, now));
     let listeners = settings
         .https
         .iter()
@@ -627,15 +629,50 @@ fn assemble(
     })
 }
 
-/// The client CAs of every profile an environment's rules use, each once.
-fn client_cas_of(rules: &PathRules, profiles: &Profiles) -> Vec<Arc<ClientCa>> {
+/// A warning for every CRL past its `nextUpdate`: it is still applied (README, "Revocation"),
+/// but its issuer has most likely published a newer one that gatehouse does not have.
+fn stale_crl_warnings(profiles: &Profiles, now: i64) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (name, profile) in profiles.names.iter().zip(&profiles.profiles) {
+        if let Profile::Restricted(restriction) = profile
+            && let Some(list) = restriction.client_ca.as_ref().and_then(|ca| ca.revocation.as_ref())
+        {
+            for crl in &list.files {
+                if let Some(next_update) = crl.next_update.filter(|next_update| *next_update <= now) {
+                    let hours = (now - next_update) / 3600;
+                    warnings.push(format!(
+                        "CRL {} of profile {name:?} is past its nextUpdate by {hours} hours: it is still applied, \
+                         but certificates revoked since are not refused until a fresh CRL is installed",
+                        crl.source
+                    ));
+                }
+            }
+        }
+    }
+    warnings
+}
+
+/// The client CA of every profile an environment's rules use, each profile's own (two profiles
+/// may share a bundle with different revocation lists).
+fn profile_cas_of(rules: &PathRules, profiles: &Profiles) -> Vec<Arc<ClientCa>> {
     let mut cas: Vec<Arc<ClientCa>> = Vec::new();
     for profile in rules.profiles() {
         if let Some(Profile::Restricted(restriction)) = profiles.profiles.get(profile)
             && let Some(ca) = &restriction.client_ca
-            && !cas.iter().any(|known| known.id == ca.id)
+            && !cas.iter().any(|known| Arc::ptr_eq(known, ca))
         {
             cas.push(ca.clone());
+        }
+    }
+    cas
+}
+
+/// The client CAs of every profile an environment's rules use, each bundle once.
+fn client_cas_of(rules: &PathRules, profiles: &Profiles) -> Vec<Arc<ClientCa>> {
+    let mut cas: Vec<Arc<ClientCa>> = Vec::new();
+    for ca in profile_cas_of(rules, profiles) {
+        if !cas.iter().any(|known| known.id == ca.id) {
+            cas.push(ca);
         }
     }
     cas.sort_by_key(|ca| ca.id);

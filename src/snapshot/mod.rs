@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::access::profile::Profile;
+use crate::access::profile::{ClientCa, Profile};
 use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
 use crate::config::ConfigErrors;
@@ -124,6 +124,9 @@ pub struct Environment {
     pub rules: PathRules,
     /// The environment's own 403 page, if any.
     pub forbidden_page: Option<CustomPage>,
+    /// The client CA of each profile its rules use: a client certificate's identity goes to the
+    /// app (`SSL-Client-*`) when it passes for one of them and none revokes it.
+    pub client_cas: Vec<Arc<ClientCa>>,
     /// Response headers applied to every answer for this environment.
     pub headers: HeaderPolicy,
 }
@@ -144,6 +147,7 @@ impl Environment {
             rate: None,
             rules: PathRules::default(),
             forbidden_page: None,
+            client_cas: Vec::new(),
             headers: HeaderPolicy::default(),
         }
     }

@@ -17,6 +17,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::access::profile::{CertificateStatus, ClientCa};
+use crate::tls::revocation::RevocationKey;
 
 /// Asks for a client certificate, accepts any chain, verifies possession of its key.
 #[derive(Debug)]
@@ -79,6 +80,15 @@ impl ClientCertVerifier for DeferredClientAuth {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// `status` (the chain's check against `ca`) with the CA's revocation lists applied: a chain
+/// that passes but that one of its CRLs lists (`keys` names its certificates) is revoked.
+pub fn apply_revocation(ca: &ClientCa, status: CertificateStatus, keys: &[RevocationKey]) -> CertificateStatus {
+    match (&ca.revocation, status) {
+        (Some(list), CertificateStatus::Verified) if list.revokes(keys) => CertificateStatus::Revoked,
+        (_, status) => status,
     }
 }
 

@@ -11,3 +11,4 @@ pub mod development;
 pub mod key_schedule;
 pub mod material;
 pub mod policy;
+pub mod revocation;

@@ -210,13 +210,17 @@ impl Running {
 
     /// An HTTP/2 connection whose SNI is `host`.
     pub async fn h2(&self, host: &str) -> http2::SendRequest<ClientBody> {
-        let tls = self
-            .tls(Connect {
-                server_name: host,
-                send_sni: true,
-                alpn: &[b"h2"],
-            })
-            .await;
+        self.h2_as(host, None).await
+    }
+
+    /// An HTTP/2 connection whose SNI is `host`, presenting `identity` if asked.
+    pub async fn h2_as(&self, host: &str, identity: Option<&pki::ClientIdentity>) -> http2::SendRequest<ClientBody> {
+        let connect = Connect {
+            server_name: host,
+            send_sni: true,
+            alpn: &[b"h2"],
+        };
+        let tls = self.tls_as(connect, identity).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
         tokio::spawn(connection);

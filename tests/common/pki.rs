@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    PKCS_RSA_SHA256, RevocationReason, RevokedCertParams, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
@@ -29,8 +30,11 @@ pub struct Leaf {
 }
 
 /// A client certificate and key, for mTLS clients.
+#[derive(Clone)]
 pub struct ClientIdentity {
     pub chain: Vec<CertificateDer<'static>>,
+    /// The certificate's serial number, for revocation lists.
+    pub serial: u64,
     key_der: Vec<u8>,
     pub pem: String,
     pub key_pem: String,
@@ -85,14 +89,44 @@ impl Ca {
         } else {
             vec![ExtendedKeyUsagePurpose::ServerAuth]
         };
+        // Distinct per certificate (and positive, as serials must be), so that a CRL can name it.
+        static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = 0x1000
+            + NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + u64::from(std::process::id()) * 0x10000;
+        params.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         ClientIdentity {
             chain: vec![cert.der().clone()],
+            serial,
             key_der: key.serialize_der(),
             pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
+    }
+
+    /// A CRL of this CA (PEM) that revokes `serials`, issued `issued_days_ago` and due for its
+    /// next update `next_update_days` from now (negative: already past).
+    pub fn crl(&self, serials: &[u64], issued_days_ago: i64, next_update_days: i64) -> String {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::days(issued_days_ago),
+            next_update: now + Duration::days(next_update_days),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
     }
 
     pub fn new(name: &str) -> Self {
