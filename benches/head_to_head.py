@@ -3,8 +3,18 @@
 
 Each proxy terminates TLS (ECDSA P-256 on one port, RSA 2048 on another, the same certificates),
 runs one worker/thread pinned to core 0, checks an IP allow rule, adds the same two response
-headers and the forwarded headers, writes an access log, and forwards over a keep-alive pool of 64
-to the same backend (examples/bench_backend.rs). The load generator and the backend run on core 1.
+headers and the forwarded headers, and forwards over a keep-alive pool of 64 to the same backend
+(examples/bench_backend.rs). The load generator and the backend run on core 1.
+
+Logging, both ways (--logging on|off|both, default both; the throughput scenarios run once per
+way, each a run of its own): "on" is an access log line per request in the same fields (the
+common log format: client, time, request line, status, bytes) written the way each proxy's users
+would on a busy proxy: gatehouse batches its lines (64 KiB, flushed every 100 ms), nginx buffers
+its log (`buffer=64k flush=100ms`), HAProxy sends each line as a syslog datagram to a local
+receiver (its usual production setup; a receiver in this harness reads and drops them). "off"
+turns access logging off in all three. The report also records each proxy's negotiated protocol,
+cipher and key-exchange group, the TLS library each is built on, and the host's transparent
+huge-page setting.
 
 Scenarios: a) wrk -t1 -c64, small response; b) the same, 16 KiB; c) h2load -c16 -m10;
 d) full TLS handshakes, one fresh connection per request (h2load --h1 -c2000 -n2000 -m1), ECDSA
@@ -20,7 +30,7 @@ the machine's load, which on this shared machine lasts seconds to minutes, lands
 alike; memory (e) is measured on each proxy freshly started in turn.
 
 Run (needs nginx, haproxy, wrk, h2load from Debian's nginx, haproxy, wrk and nghttp2-client):
-    python3 benches/head_to_head.py            # about 10 minutes
+    python3 benches/head_to_head.py            # about 20 minutes (10 per logging way)
     python3 benches/head_to_head.py --quick    # 1 run of 3 s each, to check the harness
     python3 benches/head_to_head.py --only gatehouse --baseline /tmp/gatehouse-before --scenarios a,c
         # a change against an earlier build of gatehouse, in alternating runs
@@ -51,6 +61,11 @@ def release_dir():
     return os.path.join(json.loads(metadata)["target_directory"], "release")
 PROXY_CORE, LOAD_CORE = "0", "1"
 ECDSA_PORT, RSA_PORT, BACKEND_PORT, ADMIN_PORT = 9443, 9444, 9100, 9901
+SYSLOG_PORT = 9514
+# The access log fields of all three when logging is on: the common log format, as gatehouse's
+# `access_log_format = "common"` writes it.
+NGINX_COMMON = "'$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent'"
+HAPROXY_COMMON = '"%ci - - [%tr] \\"%r\\" %ST %B"'
 HOST = "bench.test"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -143,15 +158,16 @@ def prepare(prefix):
 class Proxy:
     name = ""
 
-    def __init__(self, work, offset=0):
+    def __init__(self, work, offset=0, logging=True):
         self.work = work
+        self.logging = logging
         self.process = None
         # Each proxy of a session listens on its own pair of ports, so that all can run side by side.
         self.ecdsa_port, self.rsa_port = ECDSA_PORT + offset, RSA_PORT + offset
 
     def start(self):
         self.process = subprocess.Popen(["taskset", "-c", PROXY_CORE, *self.command()], cwd=self.work,
-                                        stdout=subprocess.DEVNULL if self.name != "haproxy" else open(f"{self.work}/haproxy-access.log", "a"),
+                                        stdout=subprocess.DEVNULL,
                                         stderr=open(f"{self.work}/{self.name}-stderr.log", "a"))
         wait_port(self.ecdsa_port)
         wait_port(self.rsa_port)
@@ -182,8 +198,8 @@ class Proxy:
 class Gatehouse(Proxy):
     name = "gatehouse"
 
-    def __init__(self, work, environments=1, binary=None, name="gatehouse", offset=0):
-        super().__init__(work, offset)
+    def __init__(self, work, environments=1, binary=None, name="gatehouse", offset=0, logging=True):
+        super().__init__(work, offset, logging)
         self.name = name
         self.binary = binary or f"{release_dir()}/gatehouse"
         self.environments = environments
@@ -197,7 +213,7 @@ admin = "127.0.0.1:{ADMIN_PORT + offset}"
 certificate = "../ecdsa.pem"
 key = "../ecdsa.key"
 [logging]
-access_log = "access.log"
+access_log = "{"access.log" if logging else "off"}"
 access_log_format = "common"
 audit_log = "off"
 [limits]
@@ -266,8 +282,8 @@ X-Content-Type-Options = "nosniff"
 class Nginx(Proxy):
     name = "nginx"
 
-    def __init__(self, work, offset=0):
-        super().__init__(work, offset)
+    def __init__(self, work, offset=0, logging=True):
+        super().__init__(work, offset, logging)
         servers = ""
         for port, kind in ((self.ecdsa_port, "ecdsa"), (self.rsa_port, "rsa")):
             servers += f"""
@@ -297,7 +313,8 @@ pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
 events {{ worker_connections 8000; }}
 http {{
-    access_log {work}/nginx-access.log;
+    log_format common {NGINX_COMMON};
+    access_log {f"{work}/nginx-access.log common buffer=64k flush=100ms" if logging else "off"};
     # Long-lived keep-alive connections, as in the other proxies (the default closes after 1,000
     # requests, which would turn part of scenarios a-c into handshakes).
     keepalive_requests 1000000;
@@ -320,18 +337,18 @@ http {{
 class Haproxy(Proxy):
     name = "haproxy"
 
-    def __init__(self, work, offset=0):
-        super().__init__(work, offset)
+    def __init__(self, work, offset=0, logging=True):
+        super().__init__(work, offset, logging)
+        # Logging on: one syslog datagram per request to a local receiver (SyslogSink).
+        global_log = f"    log 127.0.0.1:{SYSLOG_PORT} len 2048 local0\n" if logging else ""
+        defaults_log = f"    log global\n    log-format {HAPROXY_COMMON}\n" if logging else ""
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(f"""global
     nbthread 1
     maxconn 8000
-    log stdout format raw local0
-defaults
+{global_log}defaults
     mode http
-    log global
-    option httplog
-    timeout connect 5s
+{defaults_log}    timeout connect 5s
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 60s
@@ -466,6 +483,8 @@ def main():
     parser.add_argument("--scenarios", default="a,b,c,d-ecdsa,d-rsa,e,f", help="comma-separated scenarios (default: all)")
     parser.add_argument("--baseline", default="", help="another gatehouse binary, run as the proxy 'baseline' "
                         "alternating with the others (to measure a change against an earlier build)")
+    parser.add_argument("--logging", default="both", choices=("on", "off", "both"),
+                        help="access logging in all proxies: on, off, or both (the throughput scenarios run once each way)")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.duration = 1, 3
@@ -474,11 +493,26 @@ def main():
             sys.exit(f"{tool} is missing: apt-get install nginx haproxy wrk nghttp2-client util-linux openssl")
     print("building gatehouse and the backend (release)...", flush=True)
     work, backend = prepare("gatehouse-h2h-")
-    proxies = [Gatehouse(work), Nginx(work, offset=10), Haproxy(work, offset=20)]
-    if args.only:
-        proxies = [p for p in proxies if p.name in args.only.split(",")]
-    if args.baseline:
-        proxies.insert(1, Gatehouse(work, binary=os.path.abspath(args.baseline), name="baseline", offset=30))
+    ways = {"on": [True], "off": [False], "both": [True, False]}[args.logging]
+    sink = SyslogSink()
+
+    def proxies_for(logging):
+        """The proxies of one logging way, each in a folder of that way (their configurations differ)."""
+        folder = f"{work}/logging-{'on' if logging else 'off'}"
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(work):
+            if name.endswith((".pem", ".key")):
+                shutil.copy(f"{work}/{name}", folder)
+        chosen = [Gatehouse(folder, logging=logging), Nginx(folder, offset=10, logging=logging),
+                  Haproxy(folder, offset=20, logging=logging)]
+        if args.only:
+            chosen = [p for p in chosen if p.name in args.only.split(",")]
+        if args.baseline:
+            chosen.insert(1, Gatehouse(folder, binary=os.path.abspath(args.baseline), name="baseline", offset=30,
+                                       logging=logging))
+        return chosen
+
+    proxies = proxies_for(ways[0])
     scenarios = {
         "a": lambda port: wrk(port, "/small", args.duration),
         "b": lambda port: wrk(port, "/16k", args.duration),
@@ -488,8 +522,9 @@ def main():
     }
     chosen = args.scenarios.split(",")
     scenarios = {name: run_it for name, run_it in scenarios.items() if name in chosen}
-    results = {name: {p.name: [] for p in proxies} for name in scenarios}
+    results_by_way = {}
     memory = {p.name: [] for p in proxies}
+    facts = None
     try:
         ceiling = {"a": wrk(BACKEND_PORT, "/small", args.duration, "http"), "b": wrk(BACKEND_PORT, "/16k", args.duration, "http")}
         if "e" in chosen:
@@ -503,14 +538,20 @@ def main():
                     print(f"round {round_number} {proxy.name:9} e        {held['handshake']:.1f} KiB per connection after "
                           f"the handshake, {held['request']:.1f} KiB after one request", flush=True)
                     proxy.stop()
-        # Throughput and handshakes: all proxies run side by side (an idle one costs nothing) and
-        # take turns run by run, the order rotating each round, so that a change in the
-        # machine's load lands on all of them alike instead of on whichever ran during it.
-        if scenarios:
+        # Throughput and handshakes, once per logging way: all proxies of the way run side by
+        # side (an idle one costs nothing) and take turns run by run, the order rotating each
+        # round, so that a change in the machine's load lands on all of them alike instead of on
+        # whichever ran during it.
+        for logging in ways if scenarios else []:
+            way = "on" if logging else "off"
+            proxies = proxies_for(logging)
+            results = results_by_way[way] = {name: {p.name: [] for p in proxies} for name in scenarios}
             for proxy in proxies:
                 proxy.start()
                 check_response(proxy.ecdsa_port)
                 check_response(proxy.rsa_port)
+            if facts is None:
+                facts = tls_facts(proxies)
             for round_number in range(1, args.runs + 1):
                 turn = (round_number - 1) % len(proxies)
                 for name, scenario in scenarios.items():
@@ -518,7 +559,7 @@ def main():
                         port = proxy.rsa_port if name == "d-rsa" else proxy.ecdsa_port
                         result = measured(proxy, port, lambda: scenario(port))
                         results[name][proxy.name].append(result)
-                        print(f"round {round_number} {proxy.name:9} {name:8} {result['count']:>8} done, "
+                        print(f"logging {way:3} round {round_number} {proxy.name:9} {name:8} {result['count']:>8} done, "
                               f"{result['rate']:>9.0f}/s, {result['per_cpu_s']:>9.0f} per CPU-s"
                               + (f", p99 {result['p99_ms']:.2f} ms" if "p99_ms" in result else ""), flush=True)
             for proxy in proxies:
@@ -533,9 +574,18 @@ def main():
         for proxy in proxies:
             proxy.stop()
         backend.terminate()
+        sink.stop()
         # The proxies' access logs reach a gigabyte in a full run.
         shutil.rmtree(work, ignore_errors=True)
-    report(results, memory, ceiling, many, proxies, args)
+    report_facts(facts, sink.received)
+    for way, results in results_by_way.items():
+        print()
+        print(f"### Access logging {way}")
+        report(results, {}, ceiling, None, proxies, args)
+    if any(memory.values()) or many:
+        print()
+        print(f"### Memory and many environments (access logging {'on' if ways[0] else 'off'})")
+        report({}, memory, ceiling, many, proxies, args)
 
 
 def environments_scenario(work, args):
@@ -576,7 +626,9 @@ def report(results, memory, ceiling, many, proxies, args):
     peers = [(peer, title) for peer, title in (("nginx", "nginx"), ("haproxy", "HAProxy"), ("baseline", "baseline"))
              if peer in names or peer != "baseline"]
     print()
-    print(f"## Head-to-head ({time.strftime('%Y-%m-%d')}, {args.runs} rounds of turns, {args.duration} s each; median (min-max))")
+    print(f"Head-to-head ({time.strftime('%Y-%m-%d')}, {args.runs} rounds of turns, {args.duration} s each; median (min-max))")
+    if not results:
+        return report_memory(memory, many, names, args)
     print()
     print("Requests (d: handshakes) per proxy CPU-second:")
     print()
@@ -614,6 +666,10 @@ def report(results, memory, ceiling, many, proxies, args):
     if "a" in results:
         cells = [fmt(summarize([r["p99_ms"] for r in results["a"][n]]), 2) for n in names]
         print("| a. p99 latency (ms) | " + " | ".join(cells) + f" | {ceiling['a']['p99_ms']:.2f} |")
+    report_memory(memory, many, names, args)
+
+
+def report_memory(memory, many, names, args):
     if not any(memory.values()):
         return report_many(many)
     print()
@@ -624,6 +680,80 @@ def report(results, memory, ceiling, many, proxies, args):
     for key, label in (("handshake", "the handshake"), ("request", "one keep-alive request")):
         print(f"| {label} | " + " | ".join(fmt(summarize([m[key] for m in memory[n]]), 1) for n in names) + " |")
     report_many(many)
+
+
+class SyslogSink:
+    """The local syslog receiver HAProxy sends its log datagrams to: reads and drops them (and
+    counts them, which shows that HAProxy did log)."""
+
+    def __init__(self):
+        import threading
+        self.received = 0
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", SYSLOG_PORT))
+        self.socket.settimeout(0.5)
+        self.running = True
+        self.thread = threading.Thread(target=self.drain, daemon=True)
+        self.thread.start()
+
+    def drain(self):
+        while self.running:
+            try:
+                self.socket.recv(4096)
+                self.received += 1
+            except OSError:
+                continue
+
+    def stop(self):
+        self.running = False
+        self.thread.join(timeout=2)
+        self.socket.close()
+
+
+def tls_facts(proxies):
+    """What each proxy negotiates with OpenSSL's client on each port (protocol, cipher,
+    key-exchange group), and the TLS library each is built on."""
+    negotiated = []
+    for proxy in proxies:
+        for port, kind in ((proxy.ecdsa_port, "ECDSA"), (proxy.rsa_port, "RSA")):
+            text = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", HOST, "-brief"],
+                                  input="", capture_output=True, text=True, timeout=30).stderr
+            field = lambda label: next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                                        if line.startswith(label)), "?")
+            negotiated.append((proxy.name, kind, field("Protocol version"), field("Ciphersuite"),
+                               field("Peer Temp Key") if "Peer Temp Key" in text else field("Server Temp Key")))
+    return negotiated
+
+
+def library_versions():
+    """The TLS library of each proxy, as it reports it (gatehouse: from Cargo.lock)."""
+    lock = open(f"{ROOT}/Cargo.lock").read()
+    crate = lambda name: (re.search(rf'name = "{name}"\nversion = "([^"]+)"', lock) or [None, "?"])[1]
+    nginx = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+    haproxy = subprocess.run(["haproxy", "-vv"], capture_output=True, text=True).stdout
+    line = lambda text, label: next((l.split(label, 1)[1].strip(" :") for l in text.splitlines() if label in l), "?")
+    return [
+        ("gatehouse", f"rustls {crate('rustls')} with aws-lc-rs {crate('aws-lc-rs')} (aws-lc-sys {crate('aws-lc-sys')})"),
+        ("nginx", f"{line(nginx, 'nginx version')}; built with {line(nginx, 'built with')}"),
+        ("haproxy", f"{line(haproxy, 'HAProxy version').split(' ')[0]}; built with {line(haproxy, 'Built with OpenSSL version')}, "
+                    f"running on {line(haproxy, 'Running on OpenSSL version')}"),
+    ]
+
+
+def report_facts(facts, syslog_datagrams):
+    print()
+    print("Host and TLS facts:")
+    print()
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
+    defrag = open("/sys/kernel/mm/transparent_hugepage/defrag").read().strip()
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"- CPU: {model}; kernel {os.uname().release}")
+    print(f"- transparent huge pages: enabled {thp}, defrag {defrag} (gatehouse turns them off for its own process)")
+    for name, library in library_versions():
+        print(f"- {name}: {library}")
+    for name, kind, protocol, cipher, group in facts or []:
+        print(f"- {name} {kind} port: {protocol}, {cipher}, key exchange {group}")
+    print(f"- HAProxy log datagrams received by the harness's syslog receiver: {syslog_datagrams:,}")
 
 
 def report_many(many):

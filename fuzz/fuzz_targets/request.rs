@@ -1,6 +1,10 @@
-//! The whole request path: arbitrary bytes sent as an HTTP/1.1 request over TLS to a running
-//! gatehouse (routing, access rules, path normalisation, forwarding to a real upstream, response
-//! headers). A panic anywhere in gatehouse aborts the process, so libFuzzer sees it; after each
+//! The whole request path: arbitrary bytes sent over TLS to a running gatehouse (routing, access
+//! rules, path normalisation, forwarding to a real upstream, response headers), as HTTP/1.1 or as
+//! HTTP/2 frames. The first byte picks the protocol: even, the rest is sent as it is over an
+//! HTTP/1.1 connection; odd, the rest is read as a sequence of HTTP/2 frames (see
+//! [`http2_frames`]) sent after the client preface over an `h2` connection, so that the fuzzer
+//! works on frames (HEADERS, CONTINUATION, DATA, RST_STREAM, SETTINGS, ...) rather than on
+//! framing. A panic anywhere in gatehouse aborts the process, so libFuzzer sees it; after each
 //! input, a well-formed request must still be answered.
 #![no_main]
 
@@ -17,7 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Harness {
     runtime: tokio::runtime::Runtime,
     https: SocketAddr,
-    connector: tokio_rustls::TlsConnector,
+    /// ALPN `http/1.1`, and ALPN `h2`.
+    http1: tokio_rustls::TlsConnector,
+    http2: tokio_rustls::TlsConnector,
     _proxy: gatehouse::server::Proxy,
     _dir: std::path::PathBuf,
 }
@@ -135,28 +141,67 @@ fn harness() -> &'static Harness {
         // process without running destructors, so the directory goes here or never.
         let _ = std::fs::remove_dir_all(&dir);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-            .with_no_client_auth();
+        let connector = |alpn: &[u8]| {
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        };
         Harness {
             runtime,
             https,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            http1: connector(b"http/1.1"),
+            http2: connector(b"h2"),
             _proxy: proxy,
             _dir: dir,
         }
     })
 }
 
-/// Send `request`, collect the answer until the server closes or stays quiet for `quiet`.
-async fn exchange(harness: &Harness, request: &[u8], quiet: Duration) -> Vec<u8> {
+/// The HTTP/2 client connection preface, then an empty SETTINGS frame.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The bytes an HTTP/2 client sends for `data`, read as frames of five bytes of head (type,
+/// flags, stream, length high, length low) and the payload (cut to what is left): each becomes a
+/// frame with the real nine-byte head, its stream 0 (stream byte 0) or an odd client stream
+/// (`2 * byte - 1`), after the preface. Frame types and flags are passed as they come.
+fn http2_frames(data: &[u8]) -> Vec<u8> {
+    let mut bytes = HTTP2_PREFACE.to_vec();
+    let mut rest = data;
+    while let Some((head, tail)) = rest.split_first_chunk::<5>() {
+        let [kind, flags, stream, high, low] = *head;
+        let length = (usize::from(high) << 8 | usize::from(low)).min(tail.len());
+        let (payload, after) = tail.split_at(length);
+        let stream = match stream {
+            0 => 0u32,
+            n => u32::from(n) * 2 - 1,
+        };
+        bytes.extend_from_slice(&u32::try_from(length).unwrap_or(0).to_be_bytes()[1..]);
+        bytes.push(kind);
+        bytes.push(flags);
+        bytes.extend_from_slice(&stream.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        rest = after;
+    }
+    bytes
+}
+
+/// Send `request` on a connection made by `connector`, collect the answer until the server
+/// closes or stays quiet for `quiet`.
+async fn exchange(
+    harness: &Harness,
+    connector: &tokio_rustls::TlsConnector,
+    request: &[u8],
+    quiet: Duration,
+) -> Vec<u8> {
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(harness.https).await.ok()?;
         let name = ServerName::try_from("shop.fuzz.test").ok()?;
-        let mut tls = harness.connector.connect(name, tcp).await.ok()?;
+        let mut tls = connector.connect(name, tcp).await.ok()?;
         tls.write_all(request).await.ok()?;
         let mut answer = Vec::new();
         let mut buffer = [0u8; 4096];
@@ -177,11 +222,18 @@ async fn exchange(harness: &Harness, request: &[u8], quiet: Duration) -> Vec<u8>
 
 fuzz_target!(|data: &[u8]| {
     let harness = harness();
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     harness.runtime.block_on(async {
-        let _ = exchange(harness, data, Duration::from_millis(5)).await;
+        if mode % 2 == 0 {
+            let _ = exchange(harness, &harness.http1, rest, Duration::from_millis(5)).await;
+        } else {
+            let _ = exchange(harness, &harness.http2, &http2_frames(rest), Duration::from_millis(5)).await;
+        }
         // gatehouse still answers a well-formed request.
         let check = b"GET / HTTP/1.1\r\nHost: shop.fuzz.test\r\nConnection: close\r\n\r\n";
-        let answer = exchange(harness, check, Duration::from_secs(1)).await;
+        let answer = exchange(harness, &harness.http1, check, Duration::from_secs(1)).await;
         assert!(
             answer.starts_with(b"HTTP/1.1 200"),
             "gatehouse stopped answering: {:?}",
