@@ -212,10 +212,29 @@ async fn serve(snapshot: Snapshot, config: &Path) -> ExitCode {
             .ok(),
         false => None,
     };
+    let mut stop = match StopSignals::install() {
+        Ok(stop) => stop,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     tell_systemd(&[NotifyState::Ready]);
-    serve_until_stopped(&proxy, config).await;
+    serve_until_stopped(&proxy, config, &mut stop).await;
     tell_systemd(&[NotifyState::Stopping]);
-    tracing::info!("stopping: finishing requests in flight");
+    // The load balancer's turn: /readyz says 503 while every listener still accepts and serves,
+    // for the grace period or until a second SIGTERM/SIGINT.
+    proxy.leave_rotation();
+    let grace = proxy.snapshot().settings.shutdown_grace;
+    tracing::info!(
+        grace_seconds = grace.as_secs_f64(),
+        "stopping: /readyz says 503; still serving for the grace period"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(grace) => {}
+        () = stop.next() => tracing::info!("stopping at once: grace period cut short"),
+    }
+    tracing::info!("stopping: closing the listeners, finishing requests in flight");
     let left = proxy.shutdown().await;
     if left > 0 {
         tracing::warn!(
@@ -227,22 +246,40 @@ async fn serve(snapshot: Snapshot, config: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// SIGTERM and SIGINT, the signals that stop gatehouse (the first starts the shutdown, the
+/// second cuts its grace period short), and SIGHUP, which reloads.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
 /// Serve until SIGTERM or SIGINT; reload on SIGHUP. (SIGUSR1 reopens log files, in `logs`.)
-async fn serve_until_stopped(proxy: &Proxy, config: &Path) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
+async fn serve_until_stopped(proxy: &Proxy, config: &Path, signals: &mut StopSignals) {
     loop {
         tokio::select! {
-            _ = terminate.recv() => return,
-            _ = interrupt.recv() => return,
-            _ = hangup.recv() => {
+            _ = signals.terminate.recv() => return,
+            _ = signals.interrupt.recv() => return,
+            _ = signals.hangup.recv() => {
                 let mut reloading = vec![NotifyState::Reloading];
                 reloading.extend(NotifyState::monotonic_usec_now().ok());
                 tell_systemd(&reloading);

@@ -17,6 +17,7 @@
 pub mod access;
 pub mod body;
 pub mod cli;
+pub mod client_prefix;
 pub mod config;
 pub mod connection;
 pub mod explain;

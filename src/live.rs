@@ -16,7 +16,10 @@ use crate::access::profile::Profile;
 use crate::metrics::{EnvironmentMetrics, HandshakeCounters, Metrics, UNROUTED};
 use crate::rate_limit::{ClientLimiter, Rate};
 use crate::snapshot::{Environment, Snapshot};
+use crate::tls::policy::TlsPolicy;
+use crate::tls::tickets::TicketRing;
 use crate::upstream::UpstreamGroup;
+use rustls::ServerConfig;
 
 /// A compiled configuration with the live state of its environments: what the request path
 /// reads, read through one `ArcSwap` load per request.
@@ -32,6 +35,10 @@ pub struct Installed {
     /// By the index of `snapshot.policies`.
     handshakes: Box<[Arc<HandshakeCounters>]>,
     platform_handshakes: Arc<HandshakeCounters>,
+    /// Each policy's TLS configuration with the live session ticketer, by the index of
+    /// `snapshot.policies`.
+    tls_configs: Box<[Arc<ServerConfig>]>,
+    platform_tls: Arc<ServerConfig>,
 }
 
 /// One environment's live state.
@@ -69,6 +76,14 @@ impl Installed {
             .and_then(|index| self.handshakes.get(index))
             .unwrap_or(&self.platform_handshakes)
     }
+
+    /// The TLS configuration of the policy at `policy` (`None`: the platform policy), with the
+    /// live session ticketer.
+    pub fn tls_config(&self, policy: Option<usize>) -> &Arc<ServerConfig> {
+        policy
+            .and_then(|index| self.tls_configs.get(index))
+            .unwrap_or(&self.platform_tls)
+    }
 }
 
 /// What the home keeps of one environment between reloads, with the spec it was built for.
@@ -91,6 +106,8 @@ pub struct LiveState {
     metrics: Arc<Metrics>,
     unrouted: Arc<EnvironmentMetrics>,
     entries: Mutex<Entries>,
+    /// Session tickets: the ticket keys in force (shared by a fleet), or the process's own.
+    tickets: Arc<TicketRing>,
 }
 
 impl LiveState {
@@ -99,6 +116,7 @@ impl LiveState {
             unrouted: metrics.environment(UNROUTED),
             metrics,
             entries: Mutex::default(),
+            tickets: Arc::new(TicketRing::default()),
         }
     }
 
@@ -168,12 +186,26 @@ impl LiveState {
         });
         self.metrics
             .configuration_installed(generation, &snapshot.sha256, expiry, crls);
+
+        self.tickets.install(snapshot.settings.ticket_keys.as_ref());
+        let ticket_keys = (snapshot.settings.ticket_keys.as_ref()).zip(self.tickets.encrypting_since());
+        self.metrics
+            .ticket_keys_installed(ticket_keys.map(|(file, since)| (file.source.as_str(), since)));
+        let with_tickets = |policy: &TlsPolicy| {
+            let mut config = ServerConfig::clone(&policy.server_config);
+            config.ticketer = self.tickets.clone();
+            Arc::new(config)
+        };
+        let tls_configs = snapshot.policies.iter().map(with_tickets).collect();
+        let platform_tls = with_tickets(&snapshot.platform_policy);
         Installed {
             generation,
             environments: environments.into(),
             unrouted: self.unrouted.clone(),
             handshakes,
             platform_handshakes,
+            tls_configs,
+            platform_tls,
             snapshot,
         }
     }
@@ -213,18 +245,5 @@ impl LiveState {
             .values()
             .map(|entry| entry.upstream.clone())
             .collect()
-    }
-
-    /// Drop idle rate-limit buckets (run every few seconds off the request path).
-    pub fn tidy(&self) {
-        let limiters: Vec<Arc<ClientLimiter>> = self
-            .entries()
-            .environments
-            .values()
-            .filter_map(|entry| entry.limiter.as_ref().map(|(_, limiter)| limiter.clone()))
-            .collect();
-        for limiter in limiters {
-            limiter.tidy();
-        }
     }
 }

@@ -168,6 +168,9 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     certificate_expiry: GaugeVec,
     crl_next_update: GaugeVec,
+    ticket_key_installed: GaugeVec,
+    /// `gatehouse_tls_resumed_handshakes_total` for TLS 1.3 and TLS 1.2.
+    resumed: [IntCounter; 2],
     /// `gatehouse_log_lines_dropped_total` by [`LogDrop`].
     log_lines_dropped: Box<[IntCounter]>,
     upstream_connections: UpstreamConnections,
@@ -334,6 +337,22 @@ impl Metrics {
             &["profile", "file"],
         )?;
         registry.register(Box::new(crl_next_update.clone()))?;
+        let ticket_key_installed = GaugeVec::new(
+            Opts::new(
+                "gatehouse_tls_ticket_key_installed_timestamp_seconds",
+                "When the shared session ticket key that encrypts new tickets (the first of tls.ticket_keys) was first installed, in seconds since the Unix epoch; absent without tls.ticket_keys.",
+            ),
+            &["file"],
+        )?;
+        registry.register(Box::new(ticket_key_installed.clone()))?;
+        let resumed = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_tls_resumed_handshakes_total",
+                "TLS handshakes that resumed a session (from a ticket), by version.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(resumed.clone()))?;
         let log_lines_dropped = counter_vec(
             &registry,
             "gatehouse_log_lines_dropped_total",
@@ -375,6 +394,11 @@ impl Metrics {
             config_info,
             certificate_expiry,
             crl_next_update,
+            ticket_key_installed,
+            resumed: [
+                resumed.with_label_values(&["TLSv1.3"]),
+                resumed.with_label_values(&["TLSv1.2"]),
+            ],
             log_lines_dropped: series_by(LogDrop::ALL, LogDrop::as_str, |reason| {
                 log_lines_dropped.get_metric_with_label_values(&[reason])
             })?,
@@ -459,6 +483,22 @@ impl Metrics {
                 gauge.set(next_update as f64);
             }
         }
+    }
+
+    /// The shared ticket key in force: its file and when its encrypting key was first
+    /// installed (`None`: no shared keys, the series goes).
+    pub fn ticket_keys_installed(&self, installed: Option<(&str, i64)>) {
+        self.ticket_key_installed.reset();
+        if let Some((file, since)) = installed
+            && let Ok(gauge) = self.ticket_key_installed.get_metric_with_label_values(&[file])
+        {
+            gauge.set(since as f64);
+        }
+    }
+
+    /// Count a handshake that resumed a session.
+    pub fn tls_resumed(&self, tls12: bool) {
+        self.resumed[usize::from(tls12)].inc();
     }
 
     pub fn reload_succeeded(&self) {

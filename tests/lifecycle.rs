@@ -1,97 +1,17 @@
 //! The process as systemd runs it: READY/RELOADING/STOPPING notifications, SIGHUP reloads,
-//! SIGTERM lets the request in flight finish and then exits 0.
+//! SIGTERM keeps serving through the grace period with `/readyz` at 503, then lets the request
+//! in flight finish and exits 0.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::Gatehouse;
 use common::upstream::Upstream;
 use common::{Fixture, environment_toml, get, send_h1};
 use http::StatusCode;
-
-struct Gatehouse {
-    child: Child,
-    https: std::net::SocketAddr,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Gatehouse {
-    /// Start the binary and wait for it to report its https address.
-    fn start(fixture: &Fixture, notify_socket: Option<&std::path::Path>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
-        command
-            .args(["run", "--config"])
-            .arg(fixture.path("gatehouse.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(socket) = notify_socket {
-            command.env("NOTIFY_SOCKET", socket);
-        }
-        let mut child = command.spawn().unwrap();
-        let (lines, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let https = loop {
-            let line = stderr
-                .recv_timeout(common::WAIT)
-                .expect("gatehouse did not report its https listener");
-            if let Some(addr) = line.split("listening for https addr=").nth(1) {
-                break addr.trim().parse().unwrap();
-            }
-        };
-        Self { child, https, stderr }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Wait for a stderr line containing `text`.
-    fn wait_for_log(&self, text: &str) -> String {
-        loop {
-            let line = self
-                .stderr
-                .recv_timeout(common::WAIT)
-                .unwrap_or_else(|_| panic!("no log line with {text:?}"));
-            if line.contains(text) {
-                return line;
-            }
-        }
-    }
-
-    fn wait_exit(mut self) -> std::process::ExitStatus {
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < common::WAIT, "gatehouse did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Gatehouse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 /// Clients for the child process, using the harness's TLS helpers.
 fn running(fixture: &Fixture, https: std::net::SocketAddr) -> common::Running {
@@ -102,7 +22,8 @@ fn running(fixture: &Fixture, https: std::net::SocketAddr) -> common::Running {
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let fixture = Fixture::new();
     let app = Upstream::start("slow").await;
-    fixture.main_config("");
+    // No grace period: this test is about the drain after it.
+    fixture.main_config("[limits]\nshutdown_grace = \"off\"\n");
     fixture.environment("slow", &environment_toml("slow", &["slow.apps.test"], &[app.addr], ""));
     let gatehouse = Gatehouse::start(&fixture, None);
     let client = running(&fixture, gatehouse.https);
@@ -134,7 +55,7 @@ async fn systemd_is_told_ready_reloading_and_stopping_and_sighup_reloads() {
     let fixture = Fixture::new();
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
-    fixture.main_config("");
+    fixture.main_config("[limits]\nshutdown_grace = \"off\"\n");
     fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[blue.addr], ""));
     let socket_path = fixture.path("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -189,7 +110,7 @@ async fn idle_keep_alive_and_http2_connections_are_closed_at_once_on_sigterm() {
     let fixture = Fixture::new();
     let app = Upstream::start("shop").await;
     // A long drain time: only closing the idle connections at once lets the process end quickly.
-    fixture.main_config("[limits]\nshutdown_drain_timeout = \"1h\"\n");
+    fixture.main_config("[limits]\nshutdown_drain_timeout = \"1h\"\nshutdown_grace = \"off\"\n");
     fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let gatehouse = Gatehouse::start(&fixture, None);
     let client = running(&fixture, gatehouse.https);
@@ -408,4 +329,122 @@ fn held_back_number(line: &str) -> u64 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|number| number.parse().ok())
         .unwrap_or(0)
+}
+
+/// A free loopback port for the child's admin listener, written into its main file.
+fn with_admin_port(fixture: &Fixture) -> u16 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let main = std::fs::read_to_string(fixture.path("gatehouse.toml")).unwrap();
+    fixture.write(
+        "gatehouse.toml",
+        &main.replace("admin = \"127.0.0.1:0\"", &format!("admin = \"127.0.0.1:{port}\"")),
+    );
+    port
+}
+
+/// The status of `GET path` on the admin listener at `port`.
+async fn admin_status(port: u16, path: &str) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut sender = common::h1_over(tcp).await;
+    let request = http::Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(http_body_util::BodyExt::boxed(http_body_util::Empty::new()))
+        .unwrap();
+    send_h1(&mut sender, request).await.status.as_u16()
+}
+
+/// On SIGTERM the load balancer gets its time: `/readyz` says 503 at once, while every listener
+/// keeps accepting and serving new connections (a balancer still sends some until it has seen
+/// the 503); a second SIGTERM ends the grace period, the listeners close, and the process exits 0.
+#[tokio::test]
+async fn sigterm_keeps_serving_new_connections_through_the_grace_period_with_readyz_503() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("[limits]\nshutdown_grace = \"1h\"\n");
+    let admin = with_admin_port(&fixture);
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let gatehouse = Gatehouse::start(&fixture, None);
+    let client = std::sync::Arc::new(running(&fixture, gatehouse.https));
+    assert_eq!(admin_status(admin, "/readyz").await, 200);
+
+    // Continuous load: a new connection per request, as new clients arrive through a balancer.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (served, failed) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let load = {
+        let (client, stop, served, failed) = (client.clone(), stop.clone(), served.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // A refused connection or failed handshake panics this task, which fails the test.
+                let answer = client.get("shop.apps.test", "/").await.status;
+                let counter = if answer == StatusCode::OK { &served } else { &failed };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    while served.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    gatehouse.signal("TERM");
+    let started = tokio::time::Instant::now();
+    while admin_status(admin, "/readyz").await != 503 {
+        assert!(started.elapsed() < common::WAIT, "/readyz never said 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Within the grace period: new connections are accepted and served, none fails.
+    let at_503 = served.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        served.load(std::sync::atomic::Ordering::SeqCst) >= at_503 + 20,
+        "new connections were not served during the grace period"
+    );
+    assert_eq!(
+        failed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "requests failed during the grace period"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+
+    // A second SIGTERM ends the grace period: the listeners close and the process exits 0.
+    gatehouse.signal("TERM");
+    gatehouse.wait_for_log("listeners closed; draining");
+    assert!(tokio::net::TcpStream::connect(gatehouse.https).await.is_err());
+    let status = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `POST /drain` takes a running instance out of rotation for maintenance: `/readyz` says 503
+/// while requests, on open and on new connections, are served; `POST /undrain` brings it back.
+#[tokio::test]
+async fn post_drain_takes_the_instance_out_of_rotation_and_undrain_brings_it_back() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("");
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    let mut open = running.h1("shop.apps.test").await;
+    assert_eq!(common::admin_get(&running, "/readyz").await.status, StatusCode::OK);
+
+    assert_eq!(common::admin_post(&running, "/drain").await.status, StatusCode::OK);
+    let readyz = common::admin_get(&running, "/readyz").await;
+    assert_eq!(readyz.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(readyz.text().contains("undrain"), "{}", readyz.text());
+    assert_eq!(
+        send_h1(&mut open, get("shop.apps.test", "/")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(running.get("shop.apps.test", "/").await.status, StatusCode::OK);
+
+    assert_eq!(common::admin_post(&running, "/undrain").await.status, StatusCode::OK);
+    assert_eq!(common::admin_get(&running, "/readyz").await.status, StatusCode::OK);
 }

@@ -71,6 +71,40 @@ async fn connections_over_the_per_client_limit_are_closed_at_accept() {
     drop(second);
 }
 
+/// The per-client connection limit counts an IPv6 client by its /64 (here named by the load
+/// balancer's PROXY header): two addresses of one /64 share the limit; another /64 does not.
+#[tokio::test]
+async fn the_per_client_connection_limit_counts_an_ipv6_client_by_its_64() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("[limits]\nmax_connections_per_client = 2\n");
+    let main = std::fs::read_to_string(fixture.path("gatehouse.toml")).unwrap();
+    fixture.write("gatehouse.toml", &main.replace("[tls]", "proxy_protocol = true\n[tls]"));
+    fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
+    let running = fixture.start().await;
+    let proxied = |source: &str| format!("PROXY TCP6 {source} 2001:db8::443 40000 443\r\n");
+    let first = running
+        .try_tls_after(proxied("2001:db8:1:2::1").as_bytes(), CONNECT)
+        .await
+        .unwrap();
+    let second = running
+        .try_tls_after(proxied("2001:db8:1:2::2").as_bytes(), CONNECT)
+        .await
+        .unwrap();
+    assert!(
+        running
+            .try_tls_after(proxied("2001:db8:1:2::3").as_bytes(), CONNECT)
+            .await
+            .is_err(),
+        "a third address of the same /64 got a third connection"
+    );
+    let other = running
+        .try_tls_after(proxied("2001:db8:1:3::1").as_bytes(), CONNECT)
+        .await;
+    assert!(other.is_ok(), "another /64 was refused");
+    drop((first, second));
+}
+
 #[tokio::test]
 async fn connections_over_the_total_limit_are_closed_at_accept() {
     let (_fixture, _app, running) = start("max_connections = 1\n").await;
@@ -224,35 +258,40 @@ async fn a_connection_finishes_after_its_share_of_requests() {
     }
 }
 
-#[tokio::test]
-async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
+/// gatehouse with one rate-limited environment (`rate_limit` is the table's body) behind a
+/// trusted forwarder: client addresses come from X-Forwarded-For, so that one test can be many
+/// clients.
+async fn start_rate_limited(rate_limit: &str) -> (Fixture, Upstream, Running) {
     let fixture = Fixture::new();
     let app = Upstream::start("shop").await;
-    // Client addresses come from X-Forwarded-For here, so that one test can be two clients.
     fixture.main_config("");
     let main = std::fs::read_to_string(fixture.path("gatehouse.toml")).unwrap();
     fixture.write(
         "gatehouse.toml",
         &main.replace("[tls]", "trusted_forwarders = [\"127.0.0.0/8\"]\n[tls]"),
     );
+    let rate_limit = format!("[rate_limit]\n{rate_limit}");
     fixture.environment(
         "shop",
-        &environment_toml(
-            "shop",
-            &["shop.apps.test"],
-            &[app.addr],
-            "[rate_limit]\nrequests_per_second = 1\nburst = 3\n",
-        ),
+        &environment_toml("shop", &["shop.apps.test"], &[app.addr], &rate_limit),
     );
     let running = fixture.start().await;
+    (fixture, app, running)
+}
+
+/// A request for `/` from `client`, as a trusted forwarder names it.
+fn from(client: &str) -> http::Request<common::ClientBody> {
+    http::Request::get("/")
+        .header("host", "shop.apps.test")
+        .header("x-forwarded-for", client)
+        .body(http_body_util::BodyExt::boxed(http_body_util::Empty::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
+    let (_fixture, app, running) = start_rate_limited("requests_per_second = 1\nburst = 3\n").await;
     let mut sender = running.h1("shop.apps.test").await;
-    let from = |client: &str| {
-        http::Request::get("/")
-            .header("host", "shop.apps.test")
-            .header("x-forwarded-for", client)
-            .body(http_body_util::BodyExt::boxed(http_body_util::Empty::new()))
-            .unwrap()
-    };
     let mut statuses = Vec::new();
     for _ in 0..6 {
         statuses.push(common::send_h1(&mut sender, from("192.0.2.1")).await);
@@ -272,6 +311,45 @@ async fn a_flood_from_one_address_is_limited_while_another_address_is_served() {
     // Another address has its own bucket.
     assert_eq!(common::send_h1(&mut sender, from("192.0.2.2")).await.status, 200);
     assert_eq!(app.requests() as usize, statuses.len() - limited.len() + 1);
+}
+
+/// One IPv6 host holds a whole /64: the addresses of one /64 are one client for the rate limit,
+/// while another /64 is another client; and a flood of distinct prefixes, many more than the
+/// environment tracks, never makes a client under its limit get 429.
+#[tokio::test]
+async fn rate_limits_count_ipv6_clients_by_their_64_and_a_prefix_flood_refuses_no_one_under_the_limit() {
+    let (_fixture, _app, running) =
+        start_rate_limited("requests_per_second = 1\nburst = 5\ntracked_clients = 64\n").await;
+    let mut sender = running.h1("shop.apps.test").await;
+    // 200 addresses of one /64: one client, whose burst of 5 is all it gets.
+    let mut passed = 0;
+    for n in 0..200 {
+        let answer = common::send_h1(&mut sender, from(&format!("2001:db8:1:2::{n:x}"))).await;
+        passed += usize::from(answer.status == 200);
+    }
+    assert_eq!(passed, 5, "distinct addresses of one /64 walked around the rate limit");
+    assert_eq!(common::send_h1(&mut sender, from("2001:db8:1:3::1")).await.status, 200);
+
+    // 2,000 distinct /64s (the environment tracks 64 clients) between the requests of a client
+    // that stays within its burst: it is never refused, and neither is any of the flood's
+    // prefixes (each makes one request).
+    let mut refused = 0;
+    for n in 0..2000u32 {
+        let answer = common::send_h1(
+            &mut sender,
+            from(&format!("2001:db8:{:x}:{:x}::1", 100 + n / 1000, n % 1000)),
+        )
+        .await;
+        refused += usize::from(answer.status == 429);
+        if n % 500 == 0 {
+            let normal = common::send_h1(&mut sender, from("198.51.100.7")).await;
+            assert_eq!(
+                normal.status, 200,
+                "a client under its limit was refused during the flood"
+            );
+        }
+    }
+    assert_eq!(refused, 0, "a full table turned clients away");
 }
 
 /// A client that stops sending its request body for `timeouts.request_body` gets 408, the app's

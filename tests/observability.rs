@@ -431,3 +431,23 @@ fn shipped_alert_rules_are_valid() {
         .expect("promtool (Debian package prometheus) must be installed");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// The shipped alert rules fire when they should and not otherwise (promtool's rule unit tests
+/// in tests/alerts/rules_test.yml: configuration drift across a fleet, a stale client CRL).
+#[test]
+fn shipped_alert_rules_fire_when_they_should() {
+    let output = std::process::Command::new("promtool")
+        .args([
+            "test",
+            "rules",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/alerts/rules_test.yml"),
+        ])
+        .output()
+        .expect("promtool (Debian package prometheus) must be installed");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -62,6 +62,7 @@ impl LoadedConfig {
             tls.certificate
                 .iter()
                 .chain(tls.key.iter())
+                .chain(tls.ticket_keys.iter())
                 .map(|p| main.resolve(p.get_ref())),
         );
         for profile in main.value.profiles.values() {

@@ -155,6 +155,9 @@ pub struct TlsSection {
     /// Generate a self-signed platform certificate in memory at start, covering every configured
     /// domain. For development only; excludes `certificate` and `key`.
     pub development_certificate: Option<Spanned<bool>>,
+    /// Session ticket keys shared by the instances of a fleet (base64, one per line; the first
+    /// encrypts). Without it each process makes its own.
+    pub ticket_keys: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,15 +169,26 @@ pub struct LimitsSection {
     /// Time allowed for a client to send a complete request head (HTTP/1.1).
     #[serde(default = "default_header_read_timeout")]
     pub request_header_timeout: ConfigDuration,
-    /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
+    /// On SIGTERM/SIGINT, how long gatehouse keeps accepting and serving with `/readyz` at 503
+    /// before it closes its listeners: the time a load balancer needs to take it out. `"off"`
+    /// closes them at once.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: OptionalDuration,
+    /// On SIGTERM/SIGINT, once the listeners are closed, how long requests in flight may take to
+    /// finish.
     #[serde(default = "default_drain_timeout")]
     pub shutdown_drain_timeout: ConfigDuration,
     /// Open client connections at most; more are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Open connections per client address at most; more are closed at accept.
+    /// Open connections per client (address prefix) at most; more are closed at accept.
     #[serde(default = "default_max_connections_per_client")]
     pub max_connections_per_client: usize,
+    /// Per-client limits count IPv4 clients by this prefix length (default 32: each address).
+    pub client_ipv4_prefix: Option<Spanned<u8>>,
+    /// Per-client limits count IPv6 clients by this prefix length (default 64: what one host
+    /// usually holds).
+    pub client_ipv6_prefix: Option<Spanned<u8>>,
     /// Bytes of a request head (request line and headers) at most; more is 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_request_header_bytes: usize,
@@ -193,11 +207,13 @@ pub struct LimitsSection {
 }
 
 fn default_max_connections() -> usize {
-    10_000
+    100_000
 }
 
+/// More than a large office behind one NAT address opens at once (thousands of users, one to six
+/// connections each); see README, "Running a fleet", for sizing.
 fn default_max_connections_per_client() -> usize {
-    256
+    10_000
 }
 
 fn default_max_header_bytes() -> usize {
@@ -224,14 +240,23 @@ fn default_drain_timeout() -> ConfigDuration {
     ConfigDuration::secs(30)
 }
 
+/// Two health checks of a load balancer probing every 5 s (Kubernetes' endpoint removal takes a
+/// second or two; see README, "Running a fleet", for balancers that probe less often).
+fn default_shutdown_grace() -> OptionalDuration {
+    OptionalDuration(Some(std::time::Duration::from_secs(10)))
+}
+
 impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             tls_handshake_timeout: default_handshake_timeout(),
             request_header_timeout: default_header_read_timeout(),
+            shutdown_grace: default_shutdown_grace(),
             shutdown_drain_timeout: default_drain_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_client: default_max_connections_per_client(),
+            client_ipv4_prefix: None,
+            client_ipv6_prefix: None,
             max_request_header_bytes: default_max_header_bytes(),
             max_request_headers: default_max_headers(),
             max_uri_bytes: default_max_uri_bytes(),
@@ -361,10 +386,17 @@ pub struct EnvironmentFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
-    /// Sustained requests per second per client address.
+    /// Sustained requests per second per client (address prefix, see `limits.client_*_prefix`).
     pub requests_per_second: std::num::NonZeroU32,
     /// Requests a client may make at once; default: `requests_per_second`.
     pub burst: Option<std::num::NonZeroU32>,
+    /// Clients tracked at once (16 bytes each); rounded up to a power of two.
+    #[serde(default = "default_tracked_clients")]
+    pub tracked_clients: usize,
+}
+
+fn default_tracked_clients() -> usize {
+    crate::rate_limit::DEFAULT_TRACKED_CLIENTS
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,7 +94,7 @@ pub fn admit<'a, B>(
     );
     details.client = Some(client.ip);
     if let Some(limiter) = &environment.live.rate_limiter
-        && let Err(wait) = limiter.check(client.ip)
+        && let Err(wait) = limiter.check(snapshot.settings.client_prefixes.of(client.ip))
     {
         let mut refusal = page(StatusCode::TOO_MANY_REQUESTS);
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

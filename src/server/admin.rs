@@ -1,7 +1,8 @@
 //! The admin listener, on its own address (loopback by default, never on the public
 //! listeners): `/metrics` (Prometheus text format), `/healthz` (the process is alive),
 //! `/readyz` (configuration loaded and every listener bound; 503 before and while shutting
-//! down) and `/config` (generation, hash, environments and certificate expiry; never a key).
+//! down, and while taken out of rotation by `POST /drain` until `POST /undrain`) and `/config`
+//! (generation, hash, environments and certificate expiry; never a key).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, _peer: SocketAddr) {
         async move {
             let response = match (request.method(), request.uri().path()) {
                 (&Method::POST, "/reload") => reload(shared).await,
+                (&Method::POST, "/drain") => rotation(&shared, true),
+                (&Method::POST, "/undrain") => rotation(&shared, false),
                 _ => answer(&shared, &request),
             };
             Ok::<_, Infallible>(response)
@@ -63,6 +66,22 @@ async fn reload(shared: Arc<Shared>) -> Response<Full<Bytes>> {
     }
 }
 
+/// `POST /drain` and `POST /undrain`: take the instance out of rotation (`/readyz` 503, every
+/// connection still served) for maintenance, or bring it back.
+fn rotation(shared: &Shared, out: bool) -> Response<Full<Bytes>> {
+    shared.out_of_rotation.store(out, Ordering::SeqCst);
+    if out {
+        tracing::info!("taken out of rotation: /readyz says 503, connections are still served");
+        text(
+            StatusCode::OK,
+            "drained: /readyz says 503; POST /undrain to return\n".to_owned(),
+        )
+    } else {
+        tracing::info!("back in rotation");
+        text(StatusCode::OK, "back in rotation\n".to_owned())
+    }
+}
+
 fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".to_owned());
@@ -80,9 +99,16 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
             response
         }
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" => match shared.ready.load(Ordering::SeqCst) {
-            true => text(StatusCode::OK, "ready\n".to_owned()),
-            false => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
+        "/readyz" => match (
+            shared.ready.load(Ordering::SeqCst),
+            shared.out_of_rotation.load(Ordering::SeqCst),
+        ) {
+            (true, false) => text(StatusCode::OK, "ready\n".to_owned()),
+            (true, true) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "drained (POST /undrain to return)\n".to_owned(),
+            ),
+            (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
         },
         "/config" => {
             let mut response = text(StatusCode::OK, config_json(shared));
@@ -102,7 +128,8 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /config, /upstreams, or POST /reload\n".to_owned(),
+            "not found: try /metrics, /healthz, /readyz, /config, /upstreams, or POST /reload, /drain, /undrain\n"
+                .to_owned(),
         ),
     }
 }

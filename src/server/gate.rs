@@ -1,17 +1,19 @@
 //! Connection limits: open client connections in total (checked at accept) and per client
-//! address (checked once the client is known, after a PROXY header if there is one). A connection
-//! over a limit is closed at once and counted; the others are not affected. Checked once per
-//! connection, never per request.
+//! (address prefix, [`crate::client_prefix`]; checked once the client is known, after a PROXY
+//! header if there is one). A connection over a limit is closed at once and counted; the others
+//! are not affected. Checked once per connection, never per request. Only clients with open
+//! connections are remembered, so the table is bounded by `limits.max_connections`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::client_prefix::ClientPrefix;
 
 #[derive(Debug, Default)]
 pub struct ConnectionGate {
     total: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client: Mutex<HashMap<ClientPrefix, usize>>,
 }
 
 /// Holds a place in the total count until dropped.
@@ -20,7 +22,7 @@ pub struct TotalPlace<'a>(&'a ConnectionGate);
 
 /// Holds a place in a client's count until dropped.
 #[derive(Debug)]
-pub struct ClientPlace<'a>(&'a ConnectionGate, IpAddr);
+pub struct ClientPlace<'a>(&'a ConnectionGate, ClientPrefix);
 
 impl ConnectionGate {
     pub fn admit(&self, limit: usize) -> Option<TotalPlace<'_>> {
@@ -33,8 +35,7 @@ impl ConnectionGate {
         admitted.then_some(TotalPlace(self))
     }
 
-    pub fn admit_client(&self, client: IpAddr, limit: usize) -> Option<ClientPlace<'_>> {
-        let client = client.to_canonical();
+    pub fn admit_client(&self, client: ClientPrefix, limit: usize) -> Option<ClientPlace<'_>> {
         let mut counts = self.per_client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let open = counts.entry(client).or_insert(0);
         if *open >= limit {
@@ -82,16 +83,22 @@ mod tests {
         drop(first);
         assert!(gate.admit(2).is_some());
 
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        let one = gate.admit_client(ip, 1);
+        let prefixes = crate::client_prefix::ClientPrefixes::default();
+        let client = |text: &str| prefixes.of(text.parse().unwrap());
+        let one = gate.admit_client(client("192.0.2.1"), 1);
         assert!(one.is_some());
         assert!(
-            gate.admit_client(mapped, 1).is_none(),
+            gate.admit_client(client("::ffff:192.0.2.1"), 1).is_none(),
             "the mapped spelling is the same client"
         );
         drop(one);
-        assert!(gate.admit_client(ip, 1).is_some());
+        assert!(gate.admit_client(client("192.0.2.1"), 1).is_some());
         assert!(gate.per_client.lock().unwrap().is_empty());
+
+        // Two addresses of one IPv6 /64 are one client; another /64 is another.
+        let first = gate.admit_client(client("2001:db8:1:2::1"), 1);
+        assert!(first.is_some());
+        assert!(gate.admit_client(client("2001:db8:1:2::ffff"), 1).is_none());
+        assert!(gate.admit_client(client("2001:db8:1:3::1"), 1).is_some());
     }
 }

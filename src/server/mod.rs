@@ -47,6 +47,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Configuration loaded and every listener bound, and not shutting down.
     pub ready: AtomicBool,
+    /// Taken out of rotation by `POST /drain` (back with `POST /undrain`): `/readyz` says 503
+    /// while everything is still served, so that a load balancer stops sending new clients.
+    pub out_of_rotation: AtomicBool,
     /// Generation of the snapshot in force: 1 at start, +1 per installed snapshot.
     pub generation: AtomicU64,
     /// Set once the proxy stops: every connection finishes gracefully.
@@ -219,22 +222,13 @@ impl Proxy {
             live,
             metrics,
             ready: AtomicBool::new(false),
+            out_of_rotation: AtomicBool::new(false),
             generation: AtomicU64::new(1),
             draining: tokio::sync::watch::Sender::new(false),
             open_connections: AtomicUsize::new(0),
             listeners: Mutex::new(ListenerSet::default()),
             gate: gate::ConnectionGate::default(),
             installing: Mutex::new(()),
-        });
-        // Idle rate-limit buckets are dropped every few seconds, off the request path.
-        let tidying = Arc::downgrade(&shared);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                let Some(shared) = tidying.upgrade() else { return };
-                shared.live.tidy();
-            }
         });
         shared.listeners().commit(prepared, &settings, &shared);
         let admin_addr = admin.as_ref().and_then(|socket| socket.local_addr().ok());
@@ -243,7 +237,7 @@ impl Proxy {
             .map(|socket| tokio::spawn(listener::accept_loop(socket, shared.clone(), admin::serve)))
             .collect();
         if let Some(addr) = admin_addr {
-            tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /config, POST /reload");
+            tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /config /upstreams, POST /reload /drain /undrain");
         }
         shared.ready.store(true, Ordering::SeqCst);
         Ok(Self {
@@ -285,6 +279,12 @@ impl Proxy {
     /// The configuration currently in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot()
+    }
+
+    /// Report not ready (`/readyz` 503) while still accepting and serving: the first step of a
+    /// shutdown, so that a load balancer takes the instance out before its listeners close.
+    pub fn leave_rotation(&self) {
+        self.shared.ready.store(false, Ordering::SeqCst);
     }
 
     /// Stop gracefully: stop accepting, report not ready, ask every open connection to finish

@@ -19,13 +19,14 @@ use crate::pages::{ResponseBody, page, with_body};
 use crate::route::{MAX_HOST_LEN, normalize_host};
 
 pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let (header_timeout, proxy_protocol, max_total, max_per_client) = {
+    let (header_timeout, proxy_protocol, max_total, max_per_client, prefixes) = {
         let settings = &shared.installed().snapshot.settings;
         (
             settings.request_header_timeout,
             settings.proxy_protocol,
             settings.max_connections,
             settings.max_connections_per_client,
+            settings.client_prefixes,
         )
     };
     let shared_for_drain = shared.clone();
@@ -47,7 +48,10 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
             }
         }
     }
-    let Some(_client_place) = shared_for_drain.gate.admit_client(client.ip(), max_per_client) else {
+    let Some(_client_place) = shared_for_drain
+        .gate
+        .admit_client(prefixes.of(client.ip()), max_per_client)
+    else {
         shared.metrics.connection_refused(ConnectionLimit::PerClient);
         return;
     };

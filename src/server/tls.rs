@@ -23,13 +23,14 @@ use crate::tls::policy::TlsPolicy;
 /// that end (reading the PROXY header, the handshake) run in boxed futures of their own, freed
 /// when they finish, and the task holds little more than the HTTP phase.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let (deadline, proxy_protocol, max_total, max_per_client) = {
+    let (deadline, proxy_protocol, max_total, max_per_client, prefixes) = {
         let settings = &shared.installed().snapshot.settings;
         (
             settings.tls_handshake_timeout,
             settings.proxy_protocol,
             settings.max_connections,
             settings.max_connections_per_client,
+            settings.client_prefixes,
         )
     };
     let Some(_total_place) = shared.gate.admit(max_total) else {
@@ -52,7 +53,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     // The client is known now (after a PROXY header, if any): hold its place or close.
-    let Some(_client_place) = shared.gate.admit_client(client.ip(), max_per_client) else {
+    let Some(_client_place) = shared.gate.admit_client(prefixes.of(client.ip()), max_per_client) else {
         shared.metrics.connection_refused(ConnectionLimit::PerClient);
         return;
     };
@@ -86,10 +87,11 @@ async fn establish(
         }
     };
     let session = tls.get_ref().1;
-    handshakes.count(
-        &shared.metrics,
-        session.protocol_version() == Some(ProtocolVersion::TLSv1_2),
-    );
+    let tls12 = session.protocol_version() == Some(ProtocolVersion::TLSv1_2);
+    handshakes.count(&shared.metrics, tls12);
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        shared.metrics.tls_resumed(tls12);
+    }
     let alpn_h2 = session.alpn_protocol() == Some(b"h2");
     let client_certificate = session
         .peer_certificates()
@@ -126,7 +128,7 @@ async fn handshake(
     stream: TcpStream,
 ) -> std::io::Result<(TlsStream<TcpStream>, TlsPolicy, Arc<HandshakeCounters>)> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let (policy, handshakes) = {
+    let (policy, handshakes, config) = {
         let installed = shared.installed();
         let index = installed
             .snapshot
@@ -134,9 +136,13 @@ async fn handshake(
         let policy = index
             .and_then(|index| installed.snapshot.policies.get(index))
             .unwrap_or(&installed.snapshot.platform_policy);
-        (policy.clone(), installed.handshake_counters(index).clone())
+        (
+            policy.clone(),
+            installed.handshake_counters(index).clone(),
+            installed.tls_config(index).clone(),
+        )
     };
-    let tls = start.into_stream(policy.server_config.clone()).await?;
+    let tls = start.into_stream(config).await?;
     Ok((tls, policy, handshakes))
 }
 

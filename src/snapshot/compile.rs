@@ -19,6 +19,7 @@ use super::{Environment, Settings, Snapshot};
 use crate::access::profile::{ClientCa, Profile};
 use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
+use crate::client_prefix::ClientPrefixes;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
 use crate::headers::HeaderPolicy;
@@ -27,6 +28,7 @@ use crate::pages::CustomPage;
 use crate::route::{Route, RouteTable};
 use crate::tls::material::ServingCertificate;
 use crate::tls::policy::{CertificateRole, TlsPolicy, crypto_provider};
+use crate::tls::tickets::TicketKeyFile;
 use crate::upstream::resolve::Resolver;
 
 /// Compile loaded configuration files into a snapshot, or report every problem found.
@@ -100,6 +102,38 @@ struct DomainDraft {
     certificate: Option<usize>,
 }
 
+/// `limits.client_ipv4_prefix` (1 to 32) and `limits.client_ipv6_prefix` (1 to 128).
+fn client_prefixes(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> ClientPrefixes {
+    let limits = &main.value.limits;
+    let defaults = ClientPrefixes::default();
+    let mut length = |written: &Option<Spanned<u8>>, key: &str, most: u8, default: u8| match written {
+        None => default,
+        Some(written) if (1..=most).contains(written.get_ref()) => *written.get_ref(),
+        Some(written) => {
+            errors.push(main.error_at(
+                &written.span(),
+                key,
+                format!("expected a prefix length from 1 to {most}, found {}", written.get_ref()),
+            ));
+            default
+        }
+    };
+    ClientPrefixes {
+        ipv4: length(
+            &limits.client_ipv4_prefix,
+            "limits.client_ipv4_prefix",
+            32,
+            defaults.ipv4,
+        ),
+        ipv6: length(
+            &limits.client_ipv6_prefix,
+            "limits.client_ipv6_prefix",
+            128,
+            defaults.ipv6,
+        ),
+    }
+}
+
 fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Settings {
     let listen = &main.value.listen;
     let https = parse_listeners(main, &listen.https, "listen.https", errors);
@@ -145,9 +179,17 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
         trusted_forwarders: RangeSet::new(&forwarders),
         tls_handshake_timeout: limits.tls_handshake_timeout.0,
         request_header_timeout: limits.request_header_timeout.0,
+        shutdown_grace: limits.shutdown_grace.0.unwrap_or_default(),
         shutdown_drain_timeout: limits.shutdown_drain_timeout.0,
         max_connections: limits.max_connections,
         max_connections_per_client: limits.max_connections_per_client,
+        client_prefixes: client_prefixes(main, errors),
+        ticket_keys: main.value.tls.ticket_keys.as_ref().and_then(|written| {
+            TicketKeyFile::load(&main.resolve(written.get_ref()))
+                .map(Arc::new)
+                .map_err(|message| errors.push(main.error_at(&written.span(), "tls.ticket_keys", message)))
+                .ok()
+        }),
         // hyper's read buffer cannot be smaller than 8 KiB.
         max_request_header_bytes: limits.max_request_header_bytes.max(8192),
         max_request_headers: limits.max_request_headers,
@@ -293,6 +335,7 @@ fn compile_environment(
         rate: value.rate_limit.as_ref().map(|limit| crate::rate_limit::Rate {
             per_second: limit.requests_per_second,
             burst: limit.burst.unwrap_or(limit.requests_per_second),
+            tracked_clients: limit.tracked_clients,
         }),
         rules,
         forbidden_page,

@@ -80,9 +80,14 @@ pub struct Settings {
     pub trusted_forwarders: RangeSet,
     pub tls_handshake_timeout: Duration,
     pub request_header_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub shutdown_drain_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    /// `tls.ticket_keys`: session ticket keys shared by a fleet, if configured.
+    pub ticket_keys: Option<Arc<crate::tls::tickets::TicketKeyFile>>,
+    /// How per-client limits count clients (by address prefix).
+    pub client_prefixes: crate::client_prefix::ClientPrefixes,
     pub max_request_header_bytes: usize,
     pub max_request_headers: usize,
     pub max_uri_bytes: usize,

@@ -12,3 +12,4 @@ pub mod key_schedule;
 pub mod material;
 pub mod policy;
 pub mod revocation;
+pub mod tickets;

@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::ProducesTickets;
 use rustls::sign::SingleCertAndKey;
 
 use super::client_auth::DeferredClientAuth;
@@ -25,19 +24,6 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
             ))
         })
         .clone()
-}
-
-/// The process-wide session ticket issuer: stateless resumption with keys rotated every 6 hours
-/// (tickets live 12 hours). Shared by every policy and across reloads, so resumption survives a
-/// reload; rustls refuses to resume under another SNI, and client certificates are checked per
-/// request anyway, so a resumed session never skips a verification.
-fn ticketer() -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
-    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
-    if let Some(ticketer) = TICKETER.get() {
-        return Ok(ticketer.clone());
-    }
-    let made = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-    Ok(TICKETER.get_or_init(|| made).clone())
 }
 
 /// ALPN protocols offered to clients, in order of preference.
@@ -61,6 +47,8 @@ pub enum CertificateRole {
 #[derive(Debug, Clone)]
 pub struct TlsPolicy {
     pub key: PolicyKey,
+    /// Without a session ticketer: the running gatehouse adds its own ([`crate::live`]), so
+    /// that resumption follows the ticket keys in force.
     pub server_config: Arc<ServerConfig>,
     /// The CAs client certificates are checked against on this policy's connections; empty when
     /// no certificate is asked for.
@@ -89,7 +77,6 @@ impl TlsPolicy {
         let resolver = SingleCertAndKey::from(certificate.certified.clone());
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
-        config.ticketer = ticketer()?;
         Ok(Self {
             key: Self::key_for(certificate, role, &client_cas),
             server_config: Arc::new(config),

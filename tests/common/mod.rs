@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod pki;
+pub mod process;
 pub mod upstream;
 
 use std::convert::Infallible;
