@@ -274,3 +274,27 @@ fn shipped_configuration_is_valid() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// `--config gatehouse.toml`, a bare file name in the current folder (as an operator types it in
+/// the configuration's folder): every path in it is relative to that folder. (The environment
+/// glob was once taken from the root, `/env/*.toml`, and matched nothing.)
+#[test]
+fn a_bare_main_file_name_resolves_its_paths_in_the_current_folder() {
+    let fixture = Fixture::new();
+    fixture.main_config("");
+    fixture.environment(
+        "shop",
+        "name = \"shop\"\ndomains = [\"shop.apps.test\"]\nupstreams = [\"127.0.0.1:9\"]\n",
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "--config", "gatehouse.toml"])
+        .current_dir(fixture.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -37,8 +37,7 @@ impl<T> SourceFile<T> {
 
     /// A path written in this file, resolved against the file's folder.
     pub fn resolve(&self, written: &str) -> PathBuf {
-        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
-        dir.join(written)
+        folder_of(&self.path).join(written)
     }
 }
 
@@ -95,7 +94,7 @@ impl LoadedConfig {
 
     /// The folder the environment glob looks in (where new environment files appear).
     pub fn environment_dir(&self) -> PathBuf {
-        let dir = self.main.path.parent().unwrap_or_else(|| Path::new("."));
+        let dir = folder_of(&self.main.path);
         let pattern = self.main.value.environments.get_ref();
         let glob_dir = Path::new(pattern).parent().unwrap_or_else(|| Path::new(""));
         let joined = dir.join(glob_dir);
@@ -144,9 +143,18 @@ fn digest<'a>(files: impl Iterator<Item = (&'a PathBuf, &'a String)>) -> String 
         .collect()
 }
 
+/// The folder `file` is in: `.` for a bare file name (`gatehouse.toml`), whose parent is the
+/// empty path (which a glob would read as the root).
+fn folder_of(file: &Path) -> &Path {
+    match file.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    }
+}
+
 fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, ConfigErrors> {
     let written = &main.value.environments;
-    let dir = main.path.parent().unwrap_or_else(|| Path::new("."));
+    let dir = folder_of(&main.path);
     let escaped_dir = glob::Pattern::escape(&dir.to_string_lossy());
     let pattern = format!("{escaped_dir}/{}", written.get_ref());
     let located = |message: String| ConfigErrors::one(main.error_at(&written.span(), "environments", message));
