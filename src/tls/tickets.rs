@@ -230,6 +230,12 @@ impl TicketRing {
             (_, Some(_)) => Some(now),
             (_, None) => None,
         };
+        match file {
+            Some(file) => {
+                tracing::info!(file = %file.source, keys = file.len(), "session ticket keys installed: tickets resume on every instance with this file")
+            }
+            None => tracing::info!("no shared session ticket keys: tickets resume on this instance only"),
+        }
         self.keys.store(Arc::new(RingKeys {
             current: file.cloned(),
             previous: before.current.clone(),
