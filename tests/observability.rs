@@ -451,3 +451,94 @@ fn shipped_alert_rules_fire_when_they_should() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Every metric the shipped Grafana dashboard (conf/grafana-dashboard.json) queries is one that
+/// `/metrics` exposes, once the traffic that makes its series exists has passed: a dashboard panel
+/// naming a metric that does not exist (renamed, misspelt) fails here instead of staying empty.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_that_gatehouse_exposes() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(start) = rest.find("gatehouse_") {
+                let name: String = rest[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[start + name.len()..];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name)
+                    .to_owned();
+                queried.insert(family);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "the dashboard queries only {queried:?}");
+
+    // A gatehouse with shared ticket keys, an environment with a live and a dead instance (retries,
+    // an ejection) and a denied path; then traffic through all of it.
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    fixture.write("tickets.key", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n");
+    std::fs::set_permissions(
+        fixture.path("tickets.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    fixture.main_config("");
+    let main = std::fs::read_to_string(fixture.path("gatehouse.toml")).unwrap();
+    fixture.write(
+        "gatehouse.toml",
+        &main.replace("[tls]\n", "[tls]\nticket_keys = \"tickets.key\"\n"),
+    );
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr, dead],
+            "retries = 1\n[access]\n\"/private/\" = \"deny-all\"\n",
+        ),
+    );
+    // And an environment whose only instance is dead: its requests fail (502).
+    fixture.environment(
+        "broken",
+        &environment_toml("broken", &["broken.apps.test"], &[dead], ""),
+    );
+    let running = fixture.start().await;
+    for _ in 0..20 {
+        running.get("shop.apps.test", "/").await;
+    }
+    assert_eq!(
+        running.get("shop.apps.test", "/private/").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        running.get("broken.apps.test", "/").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+
+    let text = common::admin_get(&running, "/metrics").await.text();
+    let exposed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let missing: Vec<&String> = queried.iter().filter(|name| !exposed.contains(name.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics does not expose: {missing:?}\n{text}"
+    );
+}

@@ -90,12 +90,7 @@ impl Fixture {
         let snapshot =
             gatehouse::snapshot::load(&self.path("gatehouse.toml")).unwrap_or_else(|errors| panic!("{errors}"));
         let proxy = Proxy::start(snapshot).await.unwrap();
-        Running {
-            https: proxy.https_addrs()[0],
-            http: proxy.http_addrs().first().copied(),
-            proxy_slot: Some(proxy),
-            roots: self.ca.der.clone(),
-        }
+        Running::around(proxy, self.ca.der.clone())
     }
 }
 
@@ -138,6 +133,16 @@ impl Running {
         self.proxy_slot
             .as_ref()
             .expect("this gatehouse runs in another process")
+    }
+
+    /// Clients for `proxy`, started by the test itself; `roots` verify its certificates.
+    pub fn around(proxy: Proxy, roots: CertificateDer<'static>) -> Self {
+        Self {
+            https: proxy.https_addrs()[0],
+            http: proxy.http_addrs().first().copied(),
+            proxy_slot: Some(proxy),
+            roots,
+        }
     }
 
     /// Clients for a gatehouse running elsewhere (another process) at `https`.
