@@ -371,7 +371,12 @@ async fn sigterm_keeps_serving_new_connections_through_the_grace_period_with_rea
     fixture.environment("shop", &environment_toml("shop", &["shop.apps.test"], &[app.addr], ""));
     let gatehouse = Gatehouse::start(&fixture, None);
     let client = std::sync::Arc::new(running(&fixture, gatehouse.https));
-    assert_eq!(admin_status(admin, "/readyz").await, 200);
+    // Ready once every listener is bound (the https line is logged a moment before).
+    let started = tokio::time::Instant::now();
+    while admin_status(admin, "/readyz").await != 200 {
+        assert!(started.elapsed() < common::WAIT, "/readyz never said 200");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Continuous load: a new connection per request, as new clients arrive through a balancer.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
