@@ -16,12 +16,16 @@ pub struct ClientAddress {
     /// `Some` when the request's own `X-Forwarded-For` chain was trusted and is passed on,
     /// extended with the peer; `None` to send the peer alone.
     pub forwarded_for: Option<HeaderValue>,
+    /// The peer is a trusted forwarder whose `X-Forwarded-For` (if any) could be read: what it
+    /// says of the request (its trace context) may be believed.
+    pub via_trusted_forwarder: bool,
 }
 
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &RangeSet) -> ClientAddress {
     let untrusted = ClientAddress {
         ip: peer.to_canonical(),
         forwarded_for: None,
+        via_trusted_forwarder: false,
     };
     if trusted.is_empty() || !trusted.contains(peer) {
         return untrusted;
@@ -39,7 +43,11 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &RangeSet) -> ClientA
         }
     }
     let Some(&leftmost) = chain.first() else {
-        return untrusted;
+        // A trusted forwarder that named no client: the peer is the client.
+        return ClientAddress {
+            via_trusted_forwarder: true,
+            ..untrusted
+        };
     };
     let client = chain
         .iter()
@@ -52,6 +60,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &RangeSet) -> ClientA
     ClientAddress {
         ip: client.to_canonical(),
         forwarded_for: HeaderValue::try_from(passed_on.join(", ")).ok(),
+        via_trusted_forwarder: true,
     }
 }
 

@@ -41,12 +41,14 @@ pub struct Prepared {
     watch: Option<Arc<BodyWatch>>,
 }
 
-/// Rewrite an admitted request for the app.
+/// Rewrite an admitted request for the app; `trace_id` gets the client's trace id when its
+/// trace context is continued ([`super::trace`]).
 pub fn prepare(
     connection: &ConnectionInfo,
     request_id: &HeaderValue,
     admission: Admission<'_>,
     request: Request<Incoming>,
+    trace_id: &mut Option<super::trace::TraceId>,
 ) -> Prepared {
     let Admission {
         environment,
@@ -66,7 +68,7 @@ pub fn prepare(
     let (mut parts, body) = request.into_parts();
     let from_http2 = parts.version == Version::HTTP_2;
     rewrite_request_headers(&mut parts.headers, from_http2);
-    set_forwarding_headers(
+    *trace_id = set_forwarding_headers(
         &mut parts.headers,
         connection,
         &client,

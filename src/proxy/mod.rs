@@ -7,7 +7,8 @@
 //!    (429), access rules (400, 403) and the declared body length (413), in one documented order
 //!    (the head's size, 431, and the URI's length, 414, before all); a refused request's body is
 //!    read and dropped beside the answer ([`crate::linger`]);
-//! 3. [`forward::prepare`] rewrites the admitted request for the app ([`rewrite`], [`fields`]);
+//! 3. [`forward::prepare`] rewrites the admitted request for the app ([`rewrite`], [`fields`],
+//!    [`trace`]);
 //! 4. [`forward::forward`] picks an instance and streams both ways (the one wait), and
 //!    [`failure`] answers when no instance did;
 //! 5. the environment's response headers apply to every answer, gatehouse's own pages
@@ -23,6 +24,7 @@ pub mod forward;
 pub mod observe;
 pub mod request_id;
 pub mod rewrite;
+pub mod trace;
 pub mod upgrade;
 
 use std::net::IpAddr;
@@ -94,7 +96,7 @@ pub fn handle(
             &request,
             &mut details,
         );
-        let admitted = prepare_or_refuse(connection, &request_id, admission, request);
+        let admitted = prepare_or_refuse(connection, &request_id, admission, request, &mut details.trace_id);
         let mut response = forward::forward(admitted, &mut details).await;
         // The environment's header policy covers its every answer, gatehouse's own pages included;
         // without an environment (400, 404, 421) the platform's own headers apply.
@@ -117,6 +119,7 @@ pub fn handle(
         let log = logged_uri.map(|uri| {
             let entry = AccessEntry {
                 request_id,
+                trace_id: details.trace_id,
                 environment: environment.map(|env| env.config.name.clone()),
                 client: client_text(details.client, connection),
                 method: method.clone(),
@@ -155,12 +158,13 @@ fn prepare_or_refuse<'a>(
     request_id: &HeaderValue,
     admission: Result<admission::Admission<'a>, Response<ResponseBody>>,
     request: Request<Incoming>,
+    trace_id: &mut Option<trace::TraceId>,
 ) -> Result<(&'a ServedEnvironment, forward::Prepared), Response<ResponseBody>> {
     use http_body::Body;
     match admission {
         Ok(admission) => Ok((
             admission.environment,
-            forward::prepare(connection, request_id, admission, request),
+            forward::prepare(connection, request_id, admission, request, trace_id),
         )),
         Err(refusal) => {
             let waits_for_continue = (request.headers().get(header::EXPECT))
@@ -199,12 +203,14 @@ mod tests {
     /// Every request in flight is one boxed future of this size (`server::http::Answering`),
     /// moved into its box once per request: what it holds across the wait for the app costs
     /// memory and copying on every request. 2,320 bytes since the request path stopped keeping
-    /// copies of its arguments and of the admission (benches/RESULTS.md); a change that grows it
-    /// must say why, and raise this bound with the reason.
+    /// copies of its arguments and of the admission (benches/RESULTS.md); 2,336 since the access
+    /// log names a continued trace (a client's 16-byte trace id, `proxy::trace`, kept to the end
+    /// of the response). A change that grows it must say why, and raise this bound with the
+    /// reason.
     #[test]
     fn a_request_in_flight_holds_no_more_state_than_it_did() {
         let size = future_size(handle);
         println!("request future: {size} bytes");
-        assert!(size <= 2320, "the request's future grew to {size} bytes");
+        assert!(size <= 2336, "the request's future grew to {size} bytes");
     }
 }

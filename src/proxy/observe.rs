@@ -22,12 +22,16 @@ pub struct Details {
     pub client: Option<IpAddr>,
     pub decision: Option<Decision>,
     pub upstream: Option<(SocketAddr, Duration)>,
+    /// The client's trace id, when its trace was continued ([`super::trace`]); otherwise the
+    /// trace is the request id.
+    pub trace_id: Option<super::trace::TraceId>,
 }
 
 /// The fields of an access log line that are known when the response head is ready.
 #[derive(Debug)]
 pub struct AccessEntry {
     pub request_id: HeaderValue,
+    pub trace_id: Option<super::trace::TraceId>,
     pub environment: Option<Box<str>>,
     /// The client address as text (the `X-Real-IP` the app was given).
     pub client: HeaderValue,
@@ -74,6 +78,7 @@ struct JsonLine<'a> {
     time: String,
     log: &'static str,
     request_id: &'a str,
+    trace_id: &'a str,
     environment: Option<&'a str>,
     client: String,
     method: &'a str,
@@ -114,12 +119,14 @@ impl AccessEntry {
     fn json(&self, sent: u64, elapsed: Duration) -> String {
         let text = |value: &HeaderValue| std::str::from_utf8(value.as_bytes()).unwrap_or("-").to_owned();
         let request_id = text(&self.request_id);
+        let trace_id = self.trace_id.map(super::trace::TraceId::hex);
         let tls_version = text(&self.tls_version);
         let host = self.host.as_ref().map(text);
         let line = JsonLine {
             time: rfc3339_now(),
             log: "access",
             request_id: &request_id,
+            trace_id: trace_id.as_deref().unwrap_or(&request_id),
             environment: self.environment.as_deref(),
             client: text(&self.client),
             method: self.method.as_str(),

@@ -37,7 +37,7 @@ pub fn set_forwarding_headers(
     host: HeaderValue,
     request_id: HeaderValue,
     client_cas: &[Arc<ClientCa>],
-) {
+) -> Option<super::trace::TraceId> {
     let peer_is_client = client.ip == connection.client.ip().to_canonical();
     let real_ip = match peer_is_client {
         true => connection.client_ip.clone(),
@@ -54,7 +54,7 @@ pub fn set_forwarding_headers(
     headers.insert(X_REAL_IP, real_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     headers.insert(X_FORWARDED_HOST, host.clone());
-    headers.insert(X_REQUEST_ID, request_id);
+    headers.insert(X_REQUEST_ID, request_id.clone());
     headers.insert(header::HOST, host);
     headers.insert(SSL_PROTOCOL, connection.tls_protocol.clone());
     headers.insert(SSL_CIPHER, connection.tls_cipher.clone());
@@ -65,6 +65,7 @@ pub fn set_forwarding_headers(
         headers.insert(SSL_CLIENT_FINGERPRINT, identity.fingerprint.clone());
         headers.insert(SSL_CLIENT_VERIFY, HeaderValue::from_static("SUCCESS"));
     }
+    super::trace::propagate(headers, client.via_trusted_forwarder, &request_id)
 }
 
 /// HTTP/2 lets clients send each cookie as its own header field; HTTP/1.1 apps expect one
