@@ -140,6 +140,7 @@ struct Families {
     upstream_ejections: IntCounterVec,
     health_checks: IntCounterVec,
     request_body_timeouts: IntCounterVec,
+    access_log_skipped: IntCounterVec,
 }
 
 /// Upstream connections: how many are open now, and how many were ever opened (openings that
@@ -261,6 +262,12 @@ impl Metrics {
                 "gatehouse_upstream_health_checks_total",
                 "Active health checks, by result (success, failure).",
                 &["environment", "result"],
+            )?,
+            access_log_skipped: counter_vec(
+                &registry,
+                "gatehouse_access_log_lines_skipped_total",
+                "Requests that got no access log line by their environment's [access_log] (requests = \"notable\").",
+                &["environment"],
             )?,
             request_body_timeouts: counter_vec(
                 &registry,
@@ -606,6 +613,7 @@ pub struct EnvironmentMetrics {
     ejections: OnceLock<IntCounter>,
     health_checks: [OnceLock<IntCounter>; 2],
     request_body_timeouts: OnceLock<IntCounter>,
+    access_log_skipped: OnceLock<IntCounter>,
 }
 
 fn resolve<M: Clone>(slot: &OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> Option<&M> {
@@ -632,6 +640,7 @@ impl EnvironmentMetrics {
             ejections: OnceLock::new(),
             health_checks: Default::default(),
             request_body_timeouts: OnceLock::new(),
+            access_log_skipped: OnceLock::new(),
         }
     }
 
@@ -687,6 +696,11 @@ impl EnvironmentMetrics {
         if let Some(slot) = self.upstream_errors.get(error as usize) {
             self.counter(slot, |f| &f.upstream_errors, &[&self.name, error.as_str()]);
         }
+    }
+
+    /// A request its environment's `[access_log]` left out of the access log.
+    pub fn access_log_skipped(&self) {
+        self.counter(&self.access_log_skipped, |f| &f.access_log_skipped, &[&self.name]);
     }
 
     pub fn request_body_timed_out(&self) {

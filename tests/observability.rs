@@ -542,3 +542,63 @@ async fn the_grafana_dashboard_queries_only_metrics_that_gatehouse_exposes() {
         "the dashboard queries metrics /metrics does not expose: {missing:?}\n{text}"
     );
 }
+
+/// `[access_log] requests = "notable"`: errors and denials always get a line, and of the other
+/// requests exactly the `sample` share; the rest are counted as skipped.
+#[tokio::test]
+async fn an_environment_can_log_only_notable_requests_and_a_sample_of_the_rest() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("shop").await;
+    fixture.main_config("[logging]\naccess_log = \"access.log\"\naudit_log = \"off\"\n");
+    fixture.environment(
+        "shop",
+        &environment_toml(
+            "shop",
+            &["shop.apps.test"],
+            &[app.addr],
+            "[access_log]\nrequests = \"notable\"\nslow = \"30s\"\nsample = 0.1\n[access]\n\"/private/\" = \"deny-all\"\n",
+        ),
+    );
+    let running = fixture.start().await;
+    let mut sender = running.h1("shop.apps.test").await;
+    for _ in 0..100 {
+        assert_eq!(
+            send_h1(&mut sender, get("shop.apps.test", "/")).await.status,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            send_h1(&mut sender, get("shop.apps.test", "/private/x")).await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    let path = fixture.path("access.log");
+    // Lines reach the file within 100 ms of their answer.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let statuses: Vec<u64> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|line| line["status"].as_u64())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 403).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    let (text, samples) = scrape_until(&running, |samples| {
+        samples.get("gatehouse_access_log_lines_skipped_total{environment=\"shop\"}") == Some(&90.0)
+    })
+    .await;
+    assert_eq!(
+        samples.get("gatehouse_access_log_lines_skipped_total{environment=\"shop\"}"),
+        Some(&90.0),
+        "{text}"
+    );
+}

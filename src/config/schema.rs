@@ -367,6 +367,9 @@ pub struct EnvironmentFile {
     pub max_request_body: ConfigSize,
     /// Per-client rate limit; none by default.
     pub rate_limit: Option<RateLimitSection>,
+    /// Which of the environment's requests get an access log line.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
     /// Match access rules without regard to ASCII case (the default: many apps treat `/Admin`
     /// as `/admin`, and a rule must not be escaped by spelling a path in capitals); `false` for
     /// exact-case matching.
@@ -380,6 +383,44 @@ pub struct EnvironmentFile {
     /// Any other response header, checked for HTTP syntax only; same forms.
     #[serde(default)]
     pub custom_response_headers: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+/// `[access_log]`: how many of an environment's requests the access log writes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// `"all"`: every request; `"notable"`: errors (status 400 and above, denials among them)
+    /// and requests slower than `slow`, plus a `sample` of the rest.
+    #[serde(default)]
+    pub requests: LoggedRequests,
+    /// With `"notable"`: a request at least this slow is always written.
+    #[serde(default = "default_slow_request")]
+    pub slow: ConfigDuration,
+    /// With `"notable"`: the share of the other requests written, 0 to 1.
+    #[serde(default)]
+    pub sample: Option<Spanned<f64>>,
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        Self {
+            requests: LoggedRequests::All,
+            slow: default_slow_request(),
+            sample: None,
+        }
+    }
+}
+
+fn default_slow_request() -> ConfigDuration {
+    ConfigDuration::secs(1)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoggedRequests {
+    #[default]
+    All,
+    Notable,
 }
 
 /// `[rate_limit]`: a token bucket per client address.

@@ -42,7 +42,9 @@ pub struct Prepared {
 }
 
 /// Rewrite an admitted request for the app; `trace_id` gets the client's trace id when its
-/// trace context is continued ([`super::trace`]).
+/// trace context is continued ([`super::trace`]). Inlined into its one caller, the request path
+/// (as it was before it took `trace_id`: out of line it cost about 1% per request).
+#[inline(always)]
 pub fn prepare(
     connection: &ConnectionInfo,
     request_id: &HeaderValue,
@@ -67,7 +69,7 @@ pub fn prepare(
 
     let (mut parts, body) = request.into_parts();
     let from_http2 = parts.version == Version::HTTP_2;
-    rewrite_request_headers(&mut parts.headers, from_http2);
+    rewrite_request_headers(&mut parts.headers, from_http2, client.via_trusted_forwarder);
     *trace_id = set_forwarding_headers(
         &mut parts.headers,
         connection,

@@ -27,6 +27,54 @@ pub struct Details {
     pub trace_id: Option<super::trace::TraceId>,
 }
 
+/// Which requests of an environment get an access log line (`[access_log]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogPolicy {
+    /// Every request (the default).
+    every: bool,
+    /// Otherwise: errors (status 400 and above, denials among them) and requests at least this
+    /// slow, and of the rest, `sample_per_million` in a million.
+    slow: Duration,
+    sample_per_million: u64,
+}
+
+impl LogPolicy {
+    pub const EVERY: Self = Self {
+        every: true,
+        slow: Duration::ZERO,
+        sample_per_million: 1_000_000,
+    };
+
+    pub fn notable(slow: Duration, sample: f64) -> Self {
+        Self {
+            every: false,
+            slow,
+            sample_per_million: (sample.clamp(0.0, 1.0) * 1_000_000.0).round() as u64,
+        }
+    }
+
+    /// Whether the request with sequence number `sequence` (its request id's counter) gets a
+    /// line. The sample is exact over consecutive numbers, and needs no random draw.
+    fn keeps(&self, status: StatusCode, elapsed: Duration, sequence: impl FnOnce() -> u64) -> bool {
+        let sampled = || {
+            let sequence = sequence();
+            let share = |n: u64| u128::from(n) * u128::from(self.sample_per_million) / 1_000_000;
+            share(sequence.wrapping_add(1)) != share(sequence)
+        };
+        self.every || status.as_u16() >= 400 || elapsed >= self.slow || sampled()
+    }
+}
+
+/// The request's number within its process: the counter in the last 16 hex digits of its id.
+fn sequence_of(request_id: &HeaderValue) -> u64 {
+    let digits = request_id.as_bytes();
+    digits
+        .get(digits.len().saturating_sub(16)..)
+        .and_then(|hex| std::str::from_utf8(hex).ok())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or(0)
+}
+
 /// The fields of an access log line that are known when the response head is ready.
 #[derive(Debug)]
 pub struct AccessEntry {
@@ -45,6 +93,8 @@ pub struct AccessEntry {
     pub upstream: Option<(SocketAddr, Duration)>,
     pub decision: Option<Decision>,
     pub format: AccessFormat,
+    /// The environment's `[access_log]`: whether this request gets a line is decided at its end.
+    pub policy: LogPolicy,
 }
 
 /// Everything recorded when the response body ends.
@@ -65,7 +115,14 @@ impl Settle for Exchange {
         self.metrics.request_done(&self.method, self.status, elapsed);
         self.metrics.bytes(0, sent);
         if let Some((entry, sink)) = self.log {
-            sink.write(entry.line(sent, elapsed));
+            if entry
+                .policy
+                .keeps(entry.status, elapsed, || sequence_of(&entry.request_id))
+            {
+                sink.write(entry.line(sent, elapsed));
+            } else {
+                self.metrics.access_log_skipped();
+            }
         }
     }
 }
@@ -165,5 +222,31 @@ impl AccessEntry {
         line.push(' ');
         line.push_str(itoa::Buffer::new().format(sent));
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notable_policy_keeps_errors_slow_requests_and_an_exact_sample() {
+        let policy = LogPolicy::notable(Duration::from_secs(1), 0.25);
+        let fast = Duration::from_millis(5);
+        assert!(policy.keeps(StatusCode::NOT_FOUND, fast, || 1));
+        assert!(policy.keeps(StatusCode::FORBIDDEN, fast, || 1));
+        assert!(policy.keeps(StatusCode::BAD_GATEWAY, fast, || 1));
+        assert!(policy.keeps(StatusCode::OK, Duration::from_secs(2), || 1));
+        let kept = (1000..1100)
+            .filter(|n| policy.keeps(StatusCode::OK, fast, || *n))
+            .count();
+        assert_eq!(kept, 25);
+        let none = LogPolicy::notable(Duration::from_secs(1), 0.0);
+        assert!(!(0..1000).any(|n| none.keeps(StatusCode::OK, fast, || n)));
+        assert!((0..10).all(|n| LogPolicy::EVERY.keeps(StatusCode::OK, fast, || n)));
+        assert_eq!(
+            sequence_of(&HeaderValue::from_static("a1b2c3d4e5f607180000000000000010")),
+            16
+        );
     }
 }

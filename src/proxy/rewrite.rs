@@ -11,13 +11,16 @@ use crate::connection::ConnectionInfo;
 use std::sync::Arc;
 
 /// Remove what must not travel from the client to the app, and translate HTTP/2-only forms.
-pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
+/// An untrusted client's trace context goes in the same pass ([`super::trace`]).
+pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool, trusted_forwarder: bool) {
     let client_accepts_trailers = headers
         .get_all(header::TE)
         .iter()
         .any(|value| has_token(value, "trailers"));
     remove_connection_named(headers);
-    remove_fields(headers, |name| is_hop_by_hop(name) || is_set_by_gatehouse(name));
+    remove_fields(headers, |name| {
+        is_hop_by_hop(name) || is_set_by_gatehouse(name) || (!trusted_forwarder && super::trace::is_trace_context(name))
+    });
     if client_accepts_trailers {
         // gatehouse passes trailers through, so the client's willingness holds end to end.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -27,8 +30,9 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, from_http2: bool) {
     }
 }
 
-/// The fields [`set_forwarding_headers`] inserts, without a client certificate.
-const FORWARDING_FIELDS: usize = 8;
+/// The fields [`set_forwarding_headers`] inserts, without a client certificate (`traceparent`
+/// among them).
+const FORWARDING_FIELDS: usize = 9;
 
 pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
@@ -140,7 +144,7 @@ mod tests {
         for name in kept {
             headers.append(name, HeaderValue::from_static("kept"));
         }
-        rewrite_request_headers(&mut headers, false);
+        rewrite_request_headers(&mut headers, false, false);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         let mut expected = kept.to_vec();

@@ -20,11 +20,13 @@ use crate::access::profile::{ClientCa, Profile};
 use crate::access::ranges::RangeSet;
 use crate::access::rules::PathRules;
 use crate::client_prefix::ClientPrefixes;
+use crate::config::schema::LoggedRequests;
 use crate::config::schema::{EnvironmentFile, MainFile};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig, SourceFile};
 use crate::headers::HeaderPolicy;
 use crate::logs::Target;
 use crate::pages::CustomPage;
+use crate::proxy::observe::LogPolicy;
 use crate::route::{Route, RouteTable};
 use crate::tls::material::ServingCertificate;
 use crate::tls::policy::{CertificateRole, TlsPolicy, crypto_provider};
@@ -89,6 +91,7 @@ struct EnvironmentDraft {
     response_timeout: std::time::Duration,
     max_request_body: u64,
     rate: Option<crate::rate_limit::Rate>,
+    access_log: LogPolicy,
     rules: PathRules,
     forbidden_page: Option<CustomPage>,
     headers: HeaderPolicy,
@@ -100,6 +103,30 @@ struct DomainDraft {
     line: usize,
     /// Index into the environment's certificates, when a custom certificate covers it.
     certificate: Option<usize>,
+}
+
+/// `[access_log]`: which requests get a line (`sample` must be a share from 0 to 1).
+fn compile_access_log(file: &SourceFile<EnvironmentFile>, errors: &mut Vec<ConfigError>) -> LogPolicy {
+    let section = &file.value.access_log;
+    let sample = match &section.sample {
+        None => 0.0,
+        Some(written) if (0.0..=1.0).contains(written.get_ref()) => *written.get_ref(),
+        Some(written) => {
+            errors.push(file.error_at(
+                &written.span(),
+                "access_log.sample",
+                format!(
+                    "expected a share from 0 to 1 (0.01 for one request in a hundred), found {}",
+                    written.get_ref()
+                ),
+            ));
+            0.0
+        }
+    };
+    match section.requests {
+        LoggedRequests::All => LogPolicy::EVERY,
+        LoggedRequests::Notable => LogPolicy::notable(section.slow.0, sample),
+    }
 }
 
 /// `limits.client_ipv4_prefix` (1 to 32) and `limits.client_ipv6_prefix` (1 to 128).
@@ -316,6 +343,7 @@ fn compile_environment(
     let rules = compile_rules(file, profiles, errors);
     let forbidden_page = load_page(file, value.forbidden_page.as_ref(), "forbidden_page", errors);
     let headers = compile_headers(file, errors);
+    let access_log = compile_access_log(file, errors);
 
     let upstream = upstream?;
     (errors.len() == before).then(|| EnvironmentDraft {
@@ -332,6 +360,7 @@ fn compile_environment(
         certificates,
         response_timeout: value.timeouts.response.0,
         max_request_body: value.max_request_body.0,
+        access_log,
         rate: value.rate_limit.as_ref().map(|limit| crate::rate_limit::Rate {
             per_second: limit.requests_per_second,
             burst: limit.burst.unwrap_or(limit.requests_per_second),
@@ -637,6 +666,7 @@ fn assemble(
         environment.forbidden_page = draft.forbidden_page;
         environment.max_request_body = draft.max_request_body;
         environment.rate = draft.rate;
+        environment.access_log = draft.access_log;
         environment.headers = draft.headers;
         environments.push(Arc::new(environment));
     }

@@ -125,6 +125,8 @@ pub struct Environment {
     pub max_request_body: u64,
     /// Per-client rate, if limited.
     pub rate: Option<crate::rate_limit::Rate>,
+    /// Which requests get an access log line.
+    pub access_log: crate::proxy::observe::LogPolicy,
     /// Path prefix → profile; empty means the environment is open.
     pub rules: PathRules,
     /// The environment's own 403 page, if any.
@@ -153,6 +155,7 @@ impl Environment {
             rules: PathRules::default(),
             forbidden_page: None,
             client_cas: Vec::new(),
+            access_log: crate::proxy::observe::LogPolicy::EVERY,
             headers: HeaderPolicy::default(),
         }
     }
