@@ -143,6 +143,12 @@ async fn raw_status_in_pieces(running: &Running, head: &[u8], piece: usize) -> u
         tls.flush().await.unwrap();
         tokio::task::yield_now().await;
     }
+    let answer = status_line(&mut tls).await;
+    std::str::from_utf8(&answer[9..12]).unwrap().parse().unwrap()
+}
+
+/// At least the first 12 bytes of the answer on `tls` (`HTTP/1.1 NNN`).
+async fn status_line<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> Vec<u8> {
     let mut answer = Vec::new();
     let mut buffer = [0u8; 4096];
     while answer.len() < 12 {
@@ -153,7 +159,7 @@ async fn raw_status_in_pieces(running: &Running, head: &[u8], piece: usize) -> u
         assert!(read > 0, "closed without an answer");
         answer.extend_from_slice(&buffer[..read]);
     }
-    std::str::from_utf8(&answer[9..12]).unwrap().parse().unwrap()
+    answer
 }
 
 #[tokio::test]
@@ -263,16 +269,7 @@ async fn a_head_far_over_the_limit_gets_431_while_the_client_is_still_sending_it
         assert!(written.is_ok(), "write {index} failed: {written:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while answer.len() < 12 {
-        let read = tokio::time::timeout(common::WAIT, tls.read(&mut buffer))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(read > 0, "closed without an answer");
-        answer.extend_from_slice(&buffer[..read]);
-    }
+    let answer = status_line(&mut tls).await;
     assert!(
         answer.starts_with(b"HTTP/1.1 431"),
         "{:?}",
