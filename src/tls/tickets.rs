@@ -160,6 +160,11 @@ impl TicketKeyFile {
         self.keys.len()
     }
 
+    /// The keys' ids, in order: two files with the same ids hold the same keys.
+    fn key_ids(&self) -> impl Iterator<Item = [u8; ID_BYTES]> + '_ {
+        self.keys.iter().map(|key| key.id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -208,16 +213,17 @@ impl Default for TicketRing {
 }
 
 impl TicketRing {
-    /// Install the keys of a configuration (`None`: none configured). The keys of the install
-    /// before keep decrypting until the next install; older ones are dropped (and erased once no
-    /// snapshot holds them).
+    /// Install the keys of a configuration (`None`: none configured). When they differ from the
+    /// keys in force, those keep decrypting until the next change; older ones are dropped (and
+    /// erased once no snapshot holds them). A reload that leaves the key file as it was changes
+    /// nothing here, so an unrelated reload never retires a rotation's old keys early.
     pub fn install(&self, file: Option<&Arc<TicketKeyFile>>) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
         let before = self.keys.load();
         let same_current = match (&before.current, file) {
-            (Some(old), Some(new)) => Arc::ptr_eq(old, new),
+            (Some(old), Some(new)) => old.key_ids().eq(new.key_ids()),
             (None, None) => true,
             _ => false,
         };
@@ -332,6 +338,19 @@ mod tests {
         // And the next rotation retires it.
         ring.install(Some(&key_file(&[&[3; 32]])));
         assert_eq!(ring.decrypt(&ticket), None);
+    }
+
+    #[test]
+    fn a_reload_that_leaves_the_keys_as_they_were_does_not_retire_the_old_ones() {
+        let ring = ring();
+        ring.install(Some(&key_file(&[&[1; 32]])));
+        let ticket = ring.encrypt(b"state").unwrap_or_default();
+        ring.install(Some(&key_file(&[&[2; 32]])));
+        // Reloads for other reasons: the same key file, read again each time.
+        for _ in 0..3 {
+            ring.install(Some(&key_file(&[&[2; 32]])));
+        }
+        assert_eq!(ring.decrypt(&ticket).as_deref(), Some(&b"state"[..]));
     }
 
     #[test]
