@@ -26,6 +26,7 @@ pub mod headers;
 pub mod linger;
 pub mod live;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;

@@ -16,7 +16,7 @@ use crate::access::profile::Profile;
 use crate::metrics::{EnvironmentMetrics, HandshakeCounters, Metrics, UNROUTED};
 use crate::rate_limit::{ClientLimiter, Rate};
 use crate::snapshot::{Environment, Snapshot};
-use crate::tls::policy::TlsPolicy;
+use crate::tls::policy::{PolicyKey, TlsPolicy};
 use crate::tls::tickets::TicketRing;
 use crate::upstream::UpstreamGroup;
 use rustls::ServerConfig;
@@ -98,6 +98,9 @@ struct Entry {
 struct Entries {
     environments: HashMap<Box<str>, Entry>,
     handshakes: HashMap<Box<str>, Arc<HandshakeCounters>>,
+    /// Each policy's configuration with the live ticketer, by the policy's own configuration:
+    /// a policy that a reload took over unchanged keeps it (10,000 copies cost 30 ms a reload).
+    tls_configs: HashMap<PolicyKey, (Arc<ServerConfig>, Arc<ServerConfig>)>,
 }
 
 /// The live state of every environment of the configuration in force, across reloads.
@@ -191,13 +194,24 @@ impl LiveState {
         let ticket_keys = (snapshot.settings.ticket_keys.as_ref()).zip(self.tickets.encrypting_since());
         self.metrics
             .ticket_keys_installed(ticket_keys.map(|(file, since)| (file.source.as_str(), since)));
-        let with_tickets = |policy: &TlsPolicy| {
-            let mut config = ServerConfig::clone(&policy.server_config);
-            config.ticketer = self.tickets.clone();
-            Arc::new(config)
+        let mut entries = self.entries();
+        let mut previous = std::mem::take(&mut entries.tls_configs);
+        let mut with_tickets = |policy: &TlsPolicy| {
+            let ticketed = match previous.remove(&policy.key) {
+                Some((made_from, ticketed)) if Arc::ptr_eq(&made_from, &policy.server_config) => ticketed,
+                _ => {
+                    let mut config = ServerConfig::clone(&policy.server_config);
+                    config.ticketer = self.tickets.clone();
+                    Arc::new(config)
+                }
+            };
+            let kept = (policy.server_config.clone(), ticketed.clone());
+            entries.tls_configs.insert(policy.key, kept);
+            ticketed
         };
-        let tls_configs = snapshot.policies.iter().map(with_tickets).collect();
         let platform_tls = with_tickets(&snapshot.platform_policy);
+        let tls_configs = snapshot.policies.iter().map(&mut with_tickets).collect();
+        drop(entries);
         Installed {
             generation,
             environments: environments.into(),

@@ -18,5 +18,10 @@ fn main() -> ExitCode {
     if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
         eprintln!("note: transparent huge pages stay on for this process: {err}");
     }
+    // What a configuration load frees goes back to the system at its end (see src/memory.rs).
+    gatehouse::memory::set_return_freed(|| {
+        // SAFETY: mi_collect takes no pointer and may be called from any thread at any time.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    });
     gatehouse::cli::main()
 }

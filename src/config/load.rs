@@ -3,13 +3,17 @@
 //! Paths inside a file are relative to that file's folder. The source text is kept so that
 //! validation can turn a byte span into a line number.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::schema::{EnvironmentFile, MainFile};
+use crate::files::FileStamp;
 
 /// A parsed file together with where it came from.
 #[derive(Debug)]
@@ -45,18 +49,19 @@ impl<T> SourceFile<T> {
 #[derive(Debug)]
 pub struct LoadedConfig {
     pub main: SourceFile<MainFile>,
-    pub environments: Vec<SourceFile<EnvironmentFile>>,
+    /// Shared with [`ParsedFiles`], which hands an unchanged file to the next load as it is.
+    pub environments: Vec<Arc<SourceFile<EnvironmentFile>>>,
     /// SHA-256 (hex) over the configuration files' names and contents.
     pub sha256: String,
 }
 
 impl LoadedConfig {
-    /// Every file the configuration reads (configuration, certificates, keys, CA bundles, pages),
-    /// as absolute paths: what a file watcher must watch.
-    pub fn input_files(&self) -> Vec<PathBuf> {
+    /// The files the main file names (platform certificate and key, ticket keys, client CAs,
+    /// CRLs), as written relative to it.
+    pub fn main_input_files(&self) -> Vec<PathBuf> {
         let main = &self.main;
         let tls = &main.value.tls;
-        let mut files = vec![main.path.clone()];
+        let mut files = Vec::new();
         files.extend(
             tls.certificate
                 .iter()
@@ -72,6 +77,14 @@ impl LoadedConfig {
                     .map(|p| main.resolve(p.get_ref())),
             );
         }
+        files
+    }
+
+    /// Every file the configuration reads (configuration, certificates, keys, CA bundles, pages),
+    /// as absolute paths: what a file watcher must watch.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.main.path.clone()];
+        files.extend(self.main_input_files());
         for environment in &self.environments {
             files.push(environment.path.clone());
             for entry in &environment.value.certificates {
@@ -102,17 +115,79 @@ impl LoadedConfig {
     }
 }
 
+/// Read and parse the main file alone.
+pub fn load_main(main_path: &Path) -> Result<SourceFile<MainFile>, ConfigErrors> {
+    parse_file(main_path).map_err(ConfigErrors::one)
+}
+
+/// Environment files parsed by the previous load, by path, with the stamp their file had: a
+/// reload hands an unchanged file on as it is instead of reading and parsing it again (with
+/// thousands of environments, most of a reload's reading). See [`FileStamp`] for what
+/// "unchanged" means; a file changed within the last seconds is read again regardless.
+#[derive(Debug, Default)]
+pub struct ParsedFiles {
+    files: HashMap<PathBuf, (FileStamp, Arc<SourceFile<EnvironmentFile>>)>,
+}
+
+impl ParsedFiles {
+    /// The file at `path`, or `None` when it is not a regular file (a folder the glob matched).
+    /// `stamp` was taken before: a change while reading gives a stamp that differs next time.
+    fn parse(
+        &mut self,
+        path: &Path,
+        stamp: Option<FileStamp>,
+        started: SystemTime,
+    ) -> Result<Option<Arc<SourceFile<EnvironmentFile>>>, ConfigError> {
+        // No stamp: gone since the glob listed it, or unreadable; reading it says why.
+        if stamp.is_some_and(|stamp| !stamp.is_file()) {
+            return Ok(None);
+        }
+        if let Some(stamp) = stamp
+            && let Some((earlier, file)) = self.files.get(path)
+            && *earlier == stamp
+        {
+            return Ok(Some(file.clone()));
+        }
+        let file = Arc::new(parse_file::<EnvironmentFile>(path)?);
+        match stamp.filter(|stamp| stamp.settled(started)) {
+            Some(stamp) => self.files.insert(path.to_path_buf(), (stamp, file.clone())),
+            None => self.files.remove(path),
+        };
+        Ok(Some(file))
+    }
+}
+
 /// Read and parse the main file and all environment files. Syntax and type errors of every file
 /// are collected before returning.
 pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    load_reusing(main_path, &mut ParsedFiles::default())
+}
+
+/// [`load`], taking unchanged environment files from `parsed` (and leaving this load's there).
+pub fn load_reusing(main_path: &Path, parsed: &mut ParsedFiles) -> Result<LoadedConfig, ConfigErrors> {
+    let started = SystemTime::now();
     let main: SourceFile<MainFile> = parse_file(main_path).map_err(ConfigErrors::one)?;
     let mut errors = Vec::new();
     let mut environments = Vec::new();
-    for path in environment_paths(&main)? {
-        match parse_file::<EnvironmentFile>(&path) {
-            Ok(file) => environments.push(file),
+    let paths = environment_paths(&main)?;
+    let present: std::collections::HashSet<&PathBuf> = paths.iter().collect();
+    parsed.files.retain(|path, _| present.contains(path));
+    let stamps = crate::files::stamps_of(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    for (path, stamp) in paths.iter().zip(stamps) {
+        match parsed.parse(path, stamp, started) {
+            Ok(Some(file)) => environments.push(file),
+            Ok(None) => {}
             Err(error) => errors.push(error),
         }
+    }
+    if environments.is_empty() && errors.is_empty() {
+        let written = &main.value.environments;
+        let message = format!("{:?} matches no environment file, only folders", written.get_ref());
+        return Err(ConfigErrors::one(main.error_at(
+            &written.span(),
+            "environments",
+            message,
+        )));
     }
     if errors.is_empty() {
         let sha256 =
@@ -163,9 +238,8 @@ fn environment_paths(main: &SourceFile<MainFile>) -> Result<Vec<PathBuf>, Config
     let mut paths = Vec::new();
     for entry in entries {
         let path = entry.map_err(|err| located(format!("cannot read {}: {}", err.path().display(), err.error())))?;
-        if path.is_file() {
-            paths.push(path);
-        }
+        // Folders that the glob matches are skipped when the files are read.
+        paths.push(path);
     }
     if paths.is_empty() {
         return Err(located(format!("{pattern:?} matches no environment file")));

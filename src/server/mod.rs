@@ -34,6 +34,7 @@ use crate::logs::{ConfigReload, EnvironmentChanges, LogSink};
 use crate::metrics::Metrics;
 use crate::proxy::RequestPath;
 use crate::proxy::request_id::RequestIds;
+use crate::snapshot::LoadCache;
 use crate::snapshot::Snapshot;
 use listeners::ListenerSet;
 
@@ -63,8 +64,9 @@ pub struct Shared {
     /// Held for the whole of a reload or install: SIGHUP, the file watcher and `POST /reload`
     /// may fire together, and one that read the files earlier must not install after one that
     /// read them later. In turn, the reload that starts last reads the newest files and
-    /// installs last.
-    installing: Mutex<()>,
+    /// installs last. It holds what the last load parsed from certificate and key files, for
+    /// the next reload to reuse while those files are unchanged.
+    installing: Mutex<LoadCache>,
 }
 
 impl Shared {
@@ -74,7 +76,7 @@ impl Shared {
         self.install_now(snapshot);
     }
 
-    fn one_at_a_time(&self) -> MutexGuard<'_, ()> {
+    fn one_at_a_time(&self) -> MutexGuard<'_, LoadCache> {
         self.installing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -99,9 +101,15 @@ impl Shared {
     /// install it only if all of it is valid. Counted, and written to the audit log either way.
     /// Overlapping reloads run one after the other, each reading the files when its turn comes.
     pub fn reload(self: &Arc<Self>, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
-        let _one_at_a_time = self.one_at_a_time();
+        let outcome = self.reload_now(main_file, trigger);
+        crate::memory::return_freed();
+        outcome
+    }
+
+    fn reload_now(self: &Arc<Self>, main_file: &Path, trigger: ReloadTrigger) -> Result<(), ConfigErrors> {
+        let mut cache = self.one_at_a_time();
         let old = self.snapshot();
-        match crate::snapshot::load(main_file) {
+        match crate::snapshot::load_reusing(main_file, &mut cache) {
             Ok(snapshot) => {
                 let mut listeners = self.listeners();
                 let prepared = match listeners.prepare(&snapshot.settings) {
@@ -115,10 +123,19 @@ impl Shared {
                 let settings = snapshot.settings.clone();
                 let changes = environment_changes(&old, &snapshot);
                 let new_sha256 = snapshot.sha256.clone();
+                let loads = snapshot.summary.certificate_loads;
+                let environments_reused = snapshot.summary.environments_reused;
                 self.install_now(snapshot);
                 listeners.commit(prepared, &settings, self);
                 self.metrics.reload_succeeded();
-                tracing::info!(trigger = trigger.as_str(), sha256 = %new_sha256, "configuration reloaded");
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    sha256 = %new_sha256,
+                    certificates_parsed = loads.parsed,
+                    certificates_reused = loads.reused,
+                    environments_reused,
+                    "configuration reloaded"
+                );
                 self.audit_reload(trigger, &old.sha256, Some(&new_sha256), Some(changes), None);
                 Ok(())
             }
@@ -205,6 +222,12 @@ pub struct Proxy {
 impl Proxy {
     /// Bind the snapshot's listeners and start serving. Must run inside a tokio runtime.
     pub async fn start(snapshot: Snapshot) -> Result<Self, StartError> {
+        Self::start_reusing(snapshot, LoadCache::default()).await
+    }
+
+    /// [`Proxy::start`], with the certificate cache of the load that made `snapshot`, so that
+    /// the first reload reuses what the start parsed.
+    pub async fn start_reusing(snapshot: Snapshot, cache: LoadCache) -> Result<Self, StartError> {
         let prepared = ListenerSet::default().prepare(&snapshot.settings)?;
         let admin = snapshot.settings.admin.map(listeners::bind).transpose()?;
         let metrics = Arc::new(Metrics::new()?);
@@ -228,7 +251,7 @@ impl Proxy {
             open_connections: AtomicUsize::new(0),
             listeners: Mutex::new(ListenerSet::default()),
             gate: gate::ConnectionGate::default(),
-            installing: Mutex::new(()),
+            installing: Mutex::new(cache),
         });
         shared.listeners().commit(prepared, &settings, &shared);
         let admin_addr = admin.as_ref().and_then(|socket| socket.local_addr().ok());

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use super::access::{Profiles, compile_profiles, compile_rules, load_page, parse_ranges};
 use super::headers::compile_headers;
+use super::reuse::{CompileCache, CompiledEnvironment, MainContext, settled_stamps};
 use super::summary::{CertificateSummary, EnvironmentSummary, Summary, expiry_warning, unix_now};
 use super::upstream::compile_upstream;
 use super::{Environment, Settings, Snapshot};
@@ -28,6 +29,7 @@ use crate::logs::Target;
 use crate::pages::CustomPage;
 use crate::proxy::observe::LogPolicy;
 use crate::route::{Route, RouteTable};
+use crate::tls::certificate_cache::CertificateCache;
 use crate::tls::material::ServingCertificate;
 use crate::tls::policy::{CertificateRole, TlsPolicy, crypto_provider};
 use crate::tls::tickets::TicketKeyFile;
@@ -35,21 +37,107 @@ use crate::upstream::resolve::Resolver;
 
 /// Compile loaded configuration files into a snapshot, or report every problem found.
 pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
+    compile_reusing(loaded, &mut CompileCache::default())
+}
+
+/// [`compile`], reusing from `cache` what an earlier compile made from files that have not
+/// changed since (see [`super::reuse`]); the result is the same as a full compile's.
+pub fn compile_reusing(loaded: &LoadedConfig, cache: &mut CompileCache) -> Result<Snapshot, ConfigErrors> {
+    cache.begin(main_context(loaded));
+    let compiled = compile_with(loaded, cache);
+    let loads = cache.certificates.finish();
+    compiled.map(|(mut snapshot, reusable)| {
+        snapshot.summary.environments_reused = reusable.iter().filter(|(_, reused)| *reused).count();
+        let fresh = reusable
+            .iter()
+            .filter(|(_, reused)| !*reused)
+            .map(|(compiled, _)| compiled);
+        cache.keep(fresh, &snapshot.policies);
+        snapshot.summary.certificate_loads = loads;
+        snapshot
+    })
+}
+
+/// The main file and the files it names, as every environment is compiled against them; `None`
+/// (nothing is reused) with a development certificate, which is made anew on every load.
+fn main_context(loaded: &LoadedConfig) -> Option<MainContext> {
+    let development = loaded.main.value.tls.development_certificate.as_ref();
+    if development.is_some_and(|flag| *flag.get_ref()) {
+        return None;
+    }
+    let inputs = loaded
+        .main_input_files()
+        .into_iter()
+        .map(|path| {
+            let stamp = crate::files::FileStamp::of(&path).ok();
+            (path, stamp)
+        })
+        .collect();
+    Some(MainContext {
+        sha256: loaded.main.sha256(),
+        inputs,
+    })
+}
+
+/// An environment of this load: compiled now (with what it takes to reuse it next time, when
+/// it may be reused), or taken as an earlier load compiled it.
+enum Compiled {
+    Fresh(
+        Box<EnvironmentDraft>,
+        Arc<SourceFile<EnvironmentFile>>,
+        Option<Reusable>,
+    ),
+    Reused(Arc<CompiledEnvironment>),
+}
+
+/// What a freshly compiled environment needs besides its draft to be reused by the next load.
+struct Reusable {
+    inputs: Vec<(PathBuf, crate::files::FileStamp)>,
+    certificate_files: Vec<(PathBuf, PathBuf)>,
+}
+
+type Compiles = (Snapshot, Vec<(Arc<CompiledEnvironment>, bool)>);
+
+fn compile_with(loaded: &LoadedConfig, cache: &mut CompileCache) -> Result<Compiles, ConfigErrors> {
+    let started = std::time::SystemTime::now();
     let mut errors = Vec::new();
     let settings = compile_settings(&loaded.main, &mut errors);
-    let platform_source = platform_source(&loaded.main, &mut errors);
+    let platform_source = platform_source(&loaded.main, &mut cache.certificates, &mut errors);
     let profiles = compile_profiles(&loaded.main, &mut errors);
 
-    let mut claims: HashMap<String, Claim> = HashMap::new();
-    let mut names: HashMap<String, PathBuf> = HashMap::new();
-    let drafts: Vec<EnvironmentDraft> = loaded
-        .environments
+    let mut claims: HashMap<String, Claim> = HashMap::with_capacity(loaded.environments.len() * 2);
+    let mut names: HashMap<String, PathBuf> = HashMap::with_capacity(loaded.environments.len());
+    let mut items = Vec::with_capacity(loaded.environments.len());
+    let unchanged = cache.unchanged(&loaded.environments);
+    for (file, unchanged) in loaded.environments.iter().zip(unchanged) {
+        if let Some(compiled) = unchanged.then(|| cache.environment(file)).flatten() {
+            if claim_reused(&compiled, &mut claims, &mut names, &mut errors) {
+                items.push(Compiled::Reused(compiled));
+            }
+            continue;
+        }
+        let reusable = reusable_inputs(file, started);
+        let mut context = EnvironmentContext {
+            settings: &settings,
+            profiles: &profiles,
+            claims: &mut claims,
+            names: &mut names,
+            cache: &mut cache.certificates,
+        };
+        if let Some(draft) = compile_environment(file, &mut context, &mut errors) {
+            items.push(Compiled::Fresh(Box::new(draft), file.clone(), reusable));
+        }
+    }
+    let drafts: Vec<&EnvironmentDraft> = items
         .iter()
-        .filter_map(|file| compile_environment(file, &settings, &profiles, &mut claims, &mut names, &mut errors))
+        .filter_map(|item| match item {
+            Compiled::Fresh(draft, ..) => Some(&**draft),
+            Compiled::Reused(_) => None,
+        })
         .collect();
-
     let platform = match platform_source {
         Some(PlatformSource::Files(certificate)) => Some((certificate, "platform certificate".to_owned())),
+        // No environment is reused with a development certificate: every draft is here.
         Some(PlatformSource::Development) => generate_development(&drafts, &mut errors),
         None => None,
     };
@@ -60,7 +148,110 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    assemble(loaded, settings, profiles, (platform, platform_label), drafts).map_err(ConfigErrors)
+    let parts = Parts {
+        settings,
+        profiles,
+        platform: (platform, platform_label),
+    };
+    assemble(loaded, parts, items, cache).map_err(ConfigErrors)
+}
+
+/// The files besides its own that an environment reads, stamped now, if it may be reused by the
+/// next load (see [`super::reuse`]: no host-name upstream, no `upstream_tls`, every file settled).
+fn reusable_inputs(file: &Arc<SourceFile<EnvironmentFile>>, now: std::time::SystemTime) -> Option<Reusable> {
+    let value = &file.value;
+    let by_address = value
+        .upstreams
+        .get_ref()
+        .iter()
+        .all(|written| written.get_ref().parse::<SocketAddr>().is_ok());
+    if !by_address || value.upstream_tls.is_some() {
+        return None;
+    }
+    let certificate_files: Vec<(PathBuf, PathBuf)> = value
+        .certificates
+        .iter()
+        .map(|entry| {
+            (
+                file.resolve(entry.certificate.get_ref()),
+                file.resolve(entry.key.get_ref()),
+            )
+        })
+        .collect();
+    let pages = (value.maintenance_page.iter())
+        .chain(value.forbidden_page.iter())
+        .map(|page| file.resolve(page.get_ref()));
+    let paths = (certificate_files.iter())
+        .flat_map(|(certificate, key)| [certificate.clone(), key.clone()])
+        .chain(pages)
+        .collect();
+    Some(Reusable {
+        inputs: settled_stamps(paths, now)?,
+        certificate_files,
+    })
+}
+
+/// The checks that span environments, for an environment taken from an earlier load: its name
+/// and its domains must still be its own. False (with the errors) when they are not.
+fn claim_reused(
+    compiled: &Arc<CompiledEnvironment>,
+    claims: &mut HashMap<String, Claim>,
+    names: &mut HashMap<String, PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) -> bool {
+    let file = &compiled.file;
+    let before = errors.len();
+    if let Some(other) = names.insert(compiled.name.clone(), file.path.clone()) {
+        errors.push(file.error_at(
+            &file.value.name.span(),
+            "name",
+            format!(
+                "environment {:?} is already defined in {}",
+                compiled.name,
+                other.display()
+            ),
+        ));
+    }
+    for domain in &compiled.domains {
+        if let Some(claim) = claims.get(&domain.name) {
+            errors.push(ConfigError::new(
+                &file.path,
+                Some(domain.line),
+                Some("domains"),
+                format!(
+                    "domain {:?} is already claimed by environment {:?} ({}:{})",
+                    domain.name,
+                    claim.environment,
+                    claim.file.display(),
+                    claim.line
+                ),
+            ));
+            continue;
+        }
+        let claim = Claim {
+            environment: compiled.name.clone(),
+            file: file.path.clone(),
+            line: domain.line,
+        };
+        claims.insert(domain.name.clone(), claim);
+    }
+    errors.len() == before
+}
+
+/// What every environment is assembled with.
+struct Parts {
+    settings: Settings,
+    profiles: Profiles,
+    platform: (ServingCertificate, String),
+}
+
+/// What compiling one environment reads and records beyond its own file.
+struct EnvironmentContext<'a> {
+    settings: &'a Settings,
+    profiles: &'a Profiles,
+    claims: &'a mut HashMap<String, Claim>,
+    names: &'a mut HashMap<String, PathBuf>,
+    cache: &'a mut CertificateCache,
 }
 
 /// Who claimed a domain first, to name both places when a second environment claims it.
@@ -98,7 +289,8 @@ struct EnvironmentDraft {
     sha256: String,
 }
 
-struct DomainDraft {
+#[derive(Debug, Clone)]
+pub(super) struct DomainDraft {
     name: String,
     line: usize,
     /// Index into the environment's certificates, when a custom certificate covers it.
@@ -161,6 +353,40 @@ fn client_prefixes(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -
     }
 }
 
+/// `listen.admin`: the admin listener's address (default 127.0.0.1:9901), or none for "off".
+fn compile_admin(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Option<SocketAddr> {
+    match &main.value.listen.admin {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        Some(written) if written.get_ref() == "off" => None,
+        Some(written) => match parse_socket_addr(written.get_ref()) {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "the admin listener is not on a loopback address: metrics and /config are reachable from the network");
+                }
+                Some(addr)
+            }
+            Err(message) => {
+                errors.push(main.error_at(&written.span(), "listen.admin", format!("{message}, or \"off\"")));
+                None
+            }
+        },
+    }
+}
+
+/// The admin listener named by the main file at `main_file`, read without the environment
+/// files: what `gatehouse reload` needs to reach the running process, which loads and checks
+/// the whole configuration itself.
+pub fn admin_address(main_file: &std::path::Path) -> Result<Option<SocketAddr>, ConfigErrors> {
+    let main = crate::config::load::load_main(main_file)?;
+    let mut errors = Vec::new();
+    let admin = compile_admin(&main, &mut errors);
+    if errors.is_empty() {
+        Ok(admin)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
 fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Settings {
     let listen = &main.value.listen;
     let https = parse_listeners(main, &listen.https, "listen.https", errors);
@@ -176,22 +402,7 @@ fn compile_settings(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) 
     let limits = &main.value.limits;
     let upstream = &main.value.upstream;
     let forwarders = parse_ranges(main, "listen.trusted_forwarders", &listen.trusted_forwarders, errors);
-    let admin = match &listen.admin {
-        None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
-        Some(written) if written.get_ref() == "off" => None,
-        Some(written) => match parse_socket_addr(written.get_ref()) {
-            Ok(addr) => {
-                if !addr.ip().is_loopback() {
-                    tracing::warn!(%addr, "the admin listener is not on a loopback address: metrics and /config are reachable from the network");
-                }
-                Some(addr)
-            }
-            Err(message) => {
-                errors.push(main.error_at(&written.span(), "listen.admin", format!("{message}, or \"off\"")));
-                None
-            }
-        },
-    };
+    let admin = compile_admin(main, errors);
     let logging = &main.value.logging;
     let base = main.path.parent().unwrap_or_else(|| std::path::Path::new("."));
     Settings {
@@ -273,7 +484,11 @@ fn parse_socket_addr(written: &str) -> Result<SocketAddr, String> {
     })
 }
 
-fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -> Option<PlatformSource> {
+fn platform_source(
+    main: &SourceFile<MainFile>,
+    cache: &mut CertificateCache,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PlatformSource> {
     let tls = &main.value.tls;
     let development = tls.development_certificate.as_ref().filter(|flag| *flag.get_ref());
     match (&tls.certificate, &tls.key, development) {
@@ -289,7 +504,7 @@ fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -
         (Some(certificate), Some(key), None) => {
             let certificate_path = main.resolve(certificate.get_ref());
             let key_path = main.resolve(key.get_ref());
-            match ServingCertificate::from_files(&certificate_path, &key_path, &crypto_provider()) {
+            match cache.serving(&certificate_path, &key_path, &crypto_provider()) {
                 Ok(serving) => Some(PlatformSource::Files(serving)),
                 Err(err) => {
                     errors.push(main.error_at(&certificate.span(), "tls.certificate", err.to_string()));
@@ -316,12 +531,16 @@ fn platform_source(main: &SourceFile<MainFile>, errors: &mut Vec<ConfigError>) -
 
 fn compile_environment(
     file: &SourceFile<EnvironmentFile>,
-    settings: &Settings,
-    profiles: &Profiles,
-    claims: &mut HashMap<String, Claim>,
-    names: &mut HashMap<String, PathBuf>,
+    context: &mut EnvironmentContext<'_>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<EnvironmentDraft> {
+    let EnvironmentContext {
+        settings,
+        profiles,
+        claims,
+        names,
+        cache,
+    } = context;
     let before = errors.len();
     let value = &file.value;
     let name = value.name.get_ref().clone();
@@ -337,7 +556,7 @@ fn compile_environment(
 
     let upstream = compile_upstream(file, settings, errors);
     let maintenance_page = load_page(file, value.maintenance_page.as_ref(), "maintenance_page", errors);
-    let certificates = load_certificates(file, errors);
+    let certificates = load_certificates(file, cache, errors);
     let domains = compile_domains(file, &name, &certificates, claims, errors);
     check_certificates_used(file, &certificates, &domains, errors);
     let rules = compile_rules(file, profiles, errors);
@@ -391,6 +610,7 @@ fn validate_environment_name(name: &str) -> Result<(), String> {
 
 fn load_certificates(
     file: &SourceFile<EnvironmentFile>,
+    cache: &mut CertificateCache,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<(ServingCertificate, String)> {
     let provider = crypto_provider();
@@ -398,7 +618,7 @@ fn load_certificates(
     for entry in &file.value.certificates {
         let certificate_path = file.resolve(entry.certificate.get_ref());
         let key_path = file.resolve(entry.key.get_ref());
-        match ServingCertificate::from_files(&certificate_path, &key_path, &provider) {
+        match cache.serving(&certificate_path, &key_path, &provider) {
             Ok(serving) => loaded.push((serving, certificate_path.display().to_string())),
             Err(err) => {
                 errors.push(file.error_at(&entry.certificate.span(), "certificates.certificate", err.to_string()))
@@ -517,7 +737,7 @@ fn validate_domain(written: &str) -> Result<String, String> {
 fn check_platform_coverage(
     main: &SourceFile<MainFile>,
     platform: &ServingCertificate,
-    drafts: &[EnvironmentDraft],
+    drafts: &[&EnvironmentDraft],
     errors: &mut Vec<ConfigError>,
 ) {
     for draft in drafts {
@@ -540,7 +760,7 @@ fn check_platform_coverage(
 }
 
 fn generate_development(
-    drafts: &[EnvironmentDraft],
+    drafts: &[&EnvironmentDraft],
     errors: &mut Vec<ConfigError>,
 ) -> Option<(ServingCertificate, String)> {
     let mut names: Vec<String> = drafts
@@ -571,52 +791,138 @@ fn generate_development(
     }
 }
 
+/// An environment compiled now, in the shape an environment reused from an earlier load has.
+fn build_environment(
+    draft: EnvironmentDraft,
+    file: Arc<SourceFile<EnvironmentFile>>,
+    reusable: Option<Reusable>,
+    profiles: &Profiles,
+    platform: &ServingCertificate,
+) -> Arc<CompiledEnvironment> {
+    let certificates: Vec<CertificateSummary> = draft
+        .certificates
+        .iter()
+        .map(|(serving, source)| certificate_summary(serving, source.clone()))
+        .collect();
+    let summary = EnvironmentSummary {
+        name: draft.name.clone(),
+        file: draft.file.clone(),
+        domains: draft.domains.iter().map(|d| d.name.clone()).collect(),
+        upstreams: draft.upstream.spec.targets.iter().map(ToString::to_string).collect(),
+        certificates,
+        sha256: draft.sha256.clone(),
+        domain_expiry: draft
+            .domains
+            .iter()
+            .map(|domain| {
+                let served = domain
+                    .certificate
+                    .and_then(|c| draft.certificates.get(c))
+                    .map_or(platform, |(c, _)| c);
+                (domain.name.clone(), served.facts.not_after)
+            })
+            .collect(),
+    };
+    let client_cas = client_cas_of(&draft.rules, profiles);
+    let mut environment = Environment::new(draft.name.as_str().into(), draft.upstream, draft.response_timeout);
+    environment.retries = draft.retries;
+    environment.idle_timeout = draft.idle_timeout;
+    environment.total_timeout = draft.total_timeout;
+    environment.request_body_timeout = draft.request_body_timeout;
+    environment.maintenance_page = draft.maintenance_page;
+    environment.maintenance_retry_after = http::HeaderValue::from(draft.maintenance_retry_after);
+    environment.client_cas = profile_cas_of(&draft.rules, profiles);
+    environment.rules = draft.rules;
+    environment.forbidden_page = draft.forbidden_page;
+    environment.max_request_body = draft.max_request_body;
+    environment.rate = draft.rate;
+    environment.access_log = draft.access_log;
+    environment.headers = draft.headers;
+    let (inputs, certificate_files, reusable) = match reusable {
+        Some(reusable) => (reusable.inputs, reusable.certificate_files, true),
+        None => (Vec::new(), Vec::new(), false),
+    };
+    Arc::new(CompiledEnvironment {
+        file,
+        inputs,
+        reusable,
+        name: draft.name,
+        domains: draft.domains,
+        certificates: draft.certificates,
+        certificate_files,
+        client_cas,
+        environment: Arc::new(environment),
+        summary: Arc::new(summary),
+    })
+}
+
 /// Build policies (one per distinct certificate), routes and environments.
 fn assemble(
     loaded: &LoadedConfig,
-    settings: Settings,
-    profiles: Profiles,
-    (platform, platform_label): (ServingCertificate, String),
-    drafts: Vec<EnvironmentDraft>,
-) -> Result<Snapshot, Vec<ConfigError>> {
+    parts: Parts,
+    items: Vec<Compiled>,
+    cache: &mut CompileCache,
+) -> Result<Compiles, Vec<ConfigError>> {
+    let Parts {
+        settings,
+        profiles,
+        platform: (platform, platform_label),
+    } = parts;
     let main = &loaded.main;
     let tls_error = |err: rustls::Error| vec![ConfigError::new(&main.path, None, Some("tls"), err.to_string())];
-    let platform_policy =
-        TlsPolicy::new(&platform, CertificateRole::Platform, Vec::new(), "platform").map_err(tls_error)?;
+    let platform_policy = match cache.policy(
+        TlsPolicy::key_for(&platform, CertificateRole::Platform, &[]),
+        &platform,
+        "platform",
+    ) {
+        Some(policy) => policy,
+        None => TlsPolicy::new(&platform, CertificateRole::Platform, Vec::new(), "platform").map_err(tls_error)?,
+    };
     let mut policies = vec![platform_policy.clone()];
     let mut policy_index = HashMap::from([(platform_policy.key, 0usize)]);
     let mut routes = RouteTable::default();
-    let mut environments = Vec::with_capacity(drafts.len());
-    let mut summaries = Vec::with_capacity(drafts.len());
+    let mut environments = Vec::with_capacity(items.len());
+    let mut summaries = Vec::with_capacity(items.len());
+    let mut compiled_environments = Vec::with_capacity(items.len());
     let now = unix_now();
     let mut warnings = Vec::new();
 
-    for (index, draft) in drafts.into_iter().enumerate() {
-        let client_cas = client_cas_of(&draft.rules, &profiles);
+    for (index, item) in items.into_iter().enumerate() {
+        let (compiled, reused) = match item {
+            Compiled::Reused(compiled) => (compiled, true),
+            Compiled::Fresh(draft, file, reusable) => {
+                (build_environment(*draft, file, reusable, &profiles, &platform), false)
+            }
+        };
+        let client_cas = &compiled.client_cas;
         let mut policy_of = |certificate: &ServingCertificate, custom: bool| -> Result<usize, Vec<ConfigError>> {
             let role = if custom {
                 CertificateRole::Custom
             } else {
                 CertificateRole::Platform
             };
-            let key = TlsPolicy::key_for(certificate, role, &client_cas);
+            let key = TlsPolicy::key_for(certificate, role, client_cas);
             if let Some(&existing) = policy_index.get(&key) {
                 return Ok(existing);
             }
             let label = match certificate.facts.dns_names.first() {
-                Some(name) if custom => format!("{}:{name}", draft.name),
-                _ => draft.name.clone(),
+                Some(name) if custom => format!("{}:{name}", compiled.name),
+                _ => compiled.name.clone(),
             };
-            policies.push(TlsPolicy::new(certificate, role, client_cas.clone(), &label).map_err(tls_error)?);
+            let policy = match cache.policy(key, certificate, &label) {
+                Some(policy) => policy,
+                None => TlsPolicy::new(certificate, role, client_cas.clone(), &label).map_err(tls_error)?,
+            };
+            policies.push(policy);
             policy_index.insert(key, policies.len() - 1);
             Ok(policies.len() - 1)
         };
         let platform_for_environment = policy_of(&platform, false)?;
-        let mut certificate_policy = Vec::with_capacity(draft.certificates.len());
-        for (serving, _) in &draft.certificates {
+        let mut certificate_policy = Vec::with_capacity(compiled.certificates.len());
+        for (serving, _) in &compiled.certificates {
             certificate_policy.push(policy_of(serving, true)?);
         }
-        for domain in &draft.domains {
+        for domain in &compiled.domains {
             let policy = domain
                 .certificate
                 .and_then(|c| certificate_policy.get(c).copied())
@@ -629,47 +935,19 @@ fn assemble(
                 },
             );
         }
-        let certificates: Vec<CertificateSummary> = draft
-            .certificates
-            .iter()
-            .map(|(serving, source)| certificate_summary(serving, source.clone()))
-            .collect();
-        warnings.extend(certificates.iter().filter_map(|c| expiry_warning(c, now)));
-        summaries.push(EnvironmentSummary {
-            name: draft.name.clone(),
-            file: draft.file.clone(),
-            domains: draft.domains.iter().map(|d| d.name.clone()).collect(),
-            upstreams: draft.upstream.spec.targets.iter().map(ToString::to_string).collect(),
-            certificates,
-            sha256: draft.sha256.clone(),
-            domain_expiry: draft
-                .domains
+        warnings.extend(
+            compiled
+                .summary
+                .certificates
                 .iter()
-                .map(|domain| {
-                    let served = domain
-                        .certificate
-                        .and_then(|c| draft.certificates.get(c))
-                        .map_or(&platform, |(c, _)| c);
-                    (domain.name.clone(), served.facts.not_after)
-                })
-                .collect(),
-        });
-        let mut environment = Environment::new(draft.name.into(), draft.upstream, draft.response_timeout);
-        environment.retries = draft.retries;
-        environment.idle_timeout = draft.idle_timeout;
-        environment.total_timeout = draft.total_timeout;
-        environment.request_body_timeout = draft.request_body_timeout;
-        environment.maintenance_page = draft.maintenance_page;
-        environment.maintenance_retry_after = http::HeaderValue::from(draft.maintenance_retry_after);
-        environment.client_cas = profile_cas_of(&draft.rules, &profiles);
-        environment.rules = draft.rules;
-        environment.forbidden_page = draft.forbidden_page;
-        environment.max_request_body = draft.max_request_body;
-        environment.rate = draft.rate;
-        environment.access_log = draft.access_log;
-        environment.headers = draft.headers;
-        environments.push(Arc::new(environment));
+                .filter_map(|c| expiry_warning(c, now)),
+        );
+        summaries.push(compiled.summary.clone());
+        environments.push(compiled.environment.clone());
+        compiled_environments.push((compiled, reused));
     }
+    // Only environments that may be reused are kept for the next load.
+    compiled_environments.retain(|(compiled, _)| compiled.reusable);
 
     let platform_certificate = certificate_summary(&platform, platform_label);
     warnings.extend(expiry_warning(&platform_certificate, now));
@@ -680,7 +958,7 @@ fn assemble(
         .map(|addr| format!("https://{addr}"))
         .chain(settings.http.iter().map(|addr| format!("http://{addr}")))
         .collect();
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         sha256: loaded.sha256.clone(),
         inputs: loaded.input_files(),
         environment_dir: loaded.environment_dir(),
@@ -698,8 +976,11 @@ fn assemble(
             platform_certificate,
             environments: summaries,
             warnings,
+            certificate_loads: Default::default(),
+            environments_reused: 0,
         },
-    })
+    };
+    Ok((snapshot, compiled_environments))
 }
 
 /// A warning for every CRL past its `nextUpdate`: it is still applied (README, "Revocation"),

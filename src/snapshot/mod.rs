@@ -9,6 +9,7 @@
 mod access;
 mod compile;
 mod headers;
+mod reuse;
 pub mod summary;
 mod upstream;
 
@@ -29,13 +30,30 @@ use crate::route::{MAX_HOST_LEN, MalformedHost, Route, RouteTable, normalize_hos
 use crate::tls::policy::TlsPolicy;
 use crate::upstream::spec::ResolvedUpstream;
 
-pub use compile::compile;
+pub use compile::{admin_address, compile, compile_reusing};
 pub use summary::Summary;
+
+use crate::config::load::ParsedFiles;
+pub use reuse::CompileCache;
+
+/// What one load leaves for the next to reuse, where the files it came from are unchanged:
+/// parsed environment files, compiled environments, TLS policies and certificate/key pairs. A running gatehouse keeps one across
+/// reloads; `check` and `explain` start from an empty one.
+#[derive(Debug, Default)]
+pub struct LoadCache {
+    pub files: ParsedFiles,
+    pub compiled: CompileCache,
+}
 
 /// Read, validate and compile the configuration rooted at `main_file`.
 pub fn load(main_file: &Path) -> Result<Snapshot, ConfigErrors> {
-    let loaded = crate::config::load(main_file)?;
-    compile(&loaded)
+    load_reusing(main_file, &mut LoadCache::default())
+}
+
+/// [`load`], reusing what `cache` kept from the previous load of unchanged files.
+pub fn load_reusing(main_file: &Path, cache: &mut LoadCache) -> Result<Snapshot, ConfigErrors> {
+    let loaded = crate::config::load::load_reusing(main_file, &mut cache.files)?;
+    compile_reusing(&loaded, &mut cache.compiled)
 }
 
 #[derive(Debug)]

@@ -12,8 +12,15 @@ pub struct Summary {
     pub main_file: PathBuf,
     pub listeners: Vec<String>,
     pub platform_certificate: CertificateSummary,
-    pub environments: Vec<EnvironmentSummary>,
+    /// Shared with the compile cache, which hands an unchanged environment's on to the next load.
+    pub environments: Vec<std::sync::Arc<EnvironmentSummary>>,
     pub warnings: Vec<String>,
+    /// How many certificate/key pairs this load parsed, and how many it reused from the
+    /// previous load because their files had not changed.
+    pub certificate_loads: crate::tls::certificate_cache::CertificateLoads,
+    /// How many environments this load took as the previous load compiled them, their files
+    /// unchanged.
+    pub environments_reused: usize,
 }
 
 #[derive(Debug, Clone)]

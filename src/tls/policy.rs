@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls::sign::SingleCertAndKey;
 
 use super::client_auth::DeferredClientAuth;
@@ -23,6 +24,22 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
                 rustls::crypto::aws_lc_rs::default_provider(),
             ))
         })
+        .clone()
+}
+
+/// How many TLS 1.2 sessions (resumed by session ID, for clients that take no ticket) the one
+/// cache that every policy shares holds: nginx's 1 MiB `ssl_session_cache` holds about 4,000.
+pub const SESSION_CACHE_SIZE: usize = 4096;
+
+/// The session cache of every policy, shared across reloads. One per policy cost each policy
+/// 30 KiB up front (rustls sizes a cache for 256 sessions when it is made), 300 MiB with 10,000
+/// custom certificates. Sharing is safe: rustls resumes a session only under the SNI it was made
+/// for, and a client certificate is judged again against the policy's CAs on every handshake,
+/// resumed or not ([`crate::connection::ClientCertificate::new`]).
+pub fn shared_session_cache() -> Arc<dyn StoresServerSessions> {
+    static CACHE: OnceLock<Arc<dyn StoresServerSessions>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| ServerSessionMemoryCache::new(SESSION_CACHE_SIZE))
         .clone()
 }
 
@@ -53,6 +70,8 @@ pub struct TlsPolicy {
     /// The CAs client certificates are checked against on this policy's connections; empty when
     /// no certificate is asked for.
     pub client_cas: Arc<[Arc<ClientCa>]>,
+    /// The certificate and key it serves (shared with the [`ServingCertificate`]).
+    certified: Arc<rustls::sign::CertifiedKey>,
     /// Names the policy in metrics: `platform`, or the environment (and custom certificate
     /// name) it was made for.
     pub label: Arc<str>,
@@ -77,12 +96,19 @@ impl TlsPolicy {
         let resolver = SingleCertAndKey::from(certificate.certified.clone());
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
+        config.session_storage = shared_session_cache();
         Ok(Self {
             key: Self::key_for(certificate, role, &client_cas),
             server_config: Arc::new(config),
             client_cas: client_cas.into(),
+            certified: certificate.certified.clone(),
             label: label.into(),
         })
+    }
+
+    /// Whether this policy serves `certificate` (the very same parse of it).
+    pub fn serves(&self, certificate: &ServingCertificate) -> bool {
+        Arc::ptr_eq(&self.certified, &certificate.certified)
     }
 
     /// The key of the policy that `certificate` with `client_cas` makes.

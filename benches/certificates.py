@@ -1,0 +1,551 @@
+#!/usr/bin/env python3
+"""10,000 customer certificates: gatehouse and nginx with the same certificates, side by side.
+
+10,000 environments, each with its own custom-domain certificate (ECDSA P-256; every tenth,
+1,000 in all, RSA 2048), leaf and intermediate in one chain file, besides the platform wildcard
+certificate. The same certificates are given to nginx, one `server` block each, as its users
+configure many TLS hosts. Measured for both, in one run on this machine:
+
+- `check`: `gatehouse check` / `nginx -t` on the configuration, wall time;
+- start: process start until the TLS port answers a handshake (gatehouse: until /readyz is 200);
+- RSS: resident memory of the process tree once started, after 2,000 handshakes spread over
+  all the names (certificates that are loaded lazily would show here), and after the reloads;
+- reload, nothing changed: gatehouse `POST /reload` round trip; nginx `-s reload` until every old
+  worker has exited and the new ones answer;
+- reload after one environment file changed (nginx: after one change to its configuration; its
+  reload is always a full one);
+- full reload: every certificate and key file rewritten (new modification times), so that nothing
+  can be reused;
+- full-handshake rate by SNI: fresh TLS 1.3 connections, no resumption, cycling over every
+  custom name (10% of them RSA), per proxy CPU-second; the same against a 10-environment
+  configuration with the same 9:1 ECDSA:RSA mix. The client (Python's ssl, one process per
+  core) runs on core 1, the proxy on core 0.
+
+Run (needs nginx from Debian's nginx package and Python's cryptography):
+    python3 benches/certificates.py                   # about 5 minutes, certificates cached in build/
+    python3 benches/certificates.py --only gatehouse  # without nginx
+    python3 benches/certificates.py --baseline /tmp/gatehouse-old  # and an earlier build, same run
+"""
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(ROOT, "build", "certificates-bench")
+ENVIRONMENTS = 10_000
+HTTPS_PORT, ADMIN_PORT, NGINX_PORT = 9543, 9902, 9544
+PROXY_CORE, LOAD_CORE = "0", "1"
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# ---------------------------------------------------------------- certificates
+
+def is_rsa(index):
+    return index % 10 == 0
+
+
+def custom_name(index):
+    return f"www.customer{index}.bench"
+
+
+def _make_certificates(arguments):
+    """Write certificates `start..end` into CACHE (a worker process's share)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    start, end = arguments
+    with open(os.path.join(CACHE, "intermediate.key"), "rb") as f:
+        issuer_key = serialization.load_pem_private_key(f.read(), None)
+    with open(os.path.join(CACHE, "intermediate.pem"), "rb") as f:
+        issuer_pem = f.read()
+    issuer = x509.load_pem_x509_certificate(issuer_pem)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for index in range(start, end):
+        if is_rsa(index):
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        name = custom_name(index)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(issuer_key, hashes.SHA256())
+        )
+        with open(os.path.join(CACHE, "certs", f"c{index}.pem"), "wb") as f:
+            f.write(certificate.public_bytes(serialization.Encoding.PEM) + issuer_pem)
+        with open(os.path.join(CACHE, "certs", f"c{index}.key"), "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+
+
+def certificates():
+    """The intermediate, the platform wildcard and 10,000 custom certificates, made once."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    done = os.path.join(CACHE, "complete")
+    if os.path.exists(done):
+        return
+    shutil.rmtree(CACHE, ignore_errors=True)
+    os.makedirs(os.path.join(CACHE, "certs"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def write(name, certificate, key, extra=b""):
+        with open(os.path.join(CACHE, f"{name}.pem"), "wb") as f:
+            f.write(certificate.public_bytes(serialization.Encoding.PEM) + extra)
+        with open(os.path.join(CACHE, f"{name}.key"), "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+
+    def build(subject, issuer, public_key, signing_key, ca, names=()):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650 if ca else 365))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                                            critical=False)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = build("bench root", "bench root", root_key.public_key(), root_key, True)
+    intermediate_key = ec.generate_private_key(ec.SECP256R1())
+    intermediate = build("bench intermediate", "bench root", intermediate_key.public_key(), root_key, True)
+    write("root", root, root_key)
+    write("intermediate", intermediate, intermediate_key)
+    platform_key = ec.generate_private_key(ec.SECP256R1())
+    platform = build("*.apps.bench", "bench intermediate", platform_key.public_key(), intermediate_key, False,
+                     ["*.apps.bench"])
+    write("platform", platform, platform_key, intermediate.public_bytes(serialization.Encoding.PEM))
+    print("making 10,000 certificates (1,000 RSA 2048), once ...", flush=True)
+    shares = [(start, min(start + 500, ENVIRONMENTS)) for start in range(0, ENVIRONMENTS, 500)]
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        pool.map(_make_certificates, shares)
+    open(done, "w").close()
+
+
+# ---------------------------------------------------------------- configurations
+
+def gatehouse_config(work, count):
+    """A gatehouse configuration of `count` environments in `work`, sharing the cached files."""
+    os.makedirs(os.path.join(work, "env"), exist_ok=True)
+    certs = os.path.join(work, "certs")
+    os.makedirs(certs, exist_ok=True)
+    for index in range(count):
+        for suffix in ("pem", "key"):
+            target = os.path.join(certs, f"c{index}.{suffix}")
+            if not os.path.exists(target):
+                shutil.copyfile(os.path.join(CACHE, "certs", f"c{index}.{suffix}"), target)
+            os.chmod(target, 0o600)
+    for name in ("platform.pem", "platform.key"):
+        shutil.copyfile(os.path.join(CACHE, name), os.path.join(work, name))
+        os.chmod(os.path.join(work, name), 0o600)
+    with open(os.path.join(work, "gatehouse.toml"), "w") as f:
+        f.write(f"""environments = "env/*.toml"
+[listen]
+https = ["127.0.0.1:{HTTPS_PORT}"]
+admin = "127.0.0.1:{ADMIN_PORT}"
+[tls]
+certificate = "platform.pem"
+key = "platform.key"
+[logging]
+access_log = "off"
+[limits]
+shutdown_grace = "off"
+max_connections_per_client = 100000
+[reload]
+watch_files = false
+""")
+    for index in range(count):
+        write_environment(work, index)
+    return os.path.join(work, "gatehouse.toml")
+
+
+def write_environment(work, index, comment=""):
+    with open(os.path.join(work, "env", f"e{index}.toml"), "w") as f:
+        f.write(f'{comment}name = "e{index}"\ndomains = ["e{index}.apps.bench", "{custom_name(index)}"]\n'
+                f'upstreams = ["127.0.0.1:9100"]\n'
+                f'[[certificates]]\ncertificate = "../certs/c{index}.pem"\nkey = "../certs/c{index}.key"\n')
+
+
+def nginx_config(work, count):
+    certs = os.path.join(work, "certs")
+    lines = [
+        "worker_processes 1;", f"pid {work}/nginx.pid;", f"error_log {work}/nginx-error.log;",
+        "events { worker_connections 4096; }",
+        "http {", "access_log off;", "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_session_tickets off;",
+        "ssl_session_cache off;", "server_names_hash_max_size 65536;", "server_names_hash_bucket_size 128;",
+        f"client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;",
+        f"uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;",
+        "server {",
+        f"  listen 127.0.0.1:{NGINX_PORT} ssl default_server;", "  server_name *.apps.bench;",
+        f"  ssl_certificate {work}/platform.pem;", f"  ssl_certificate_key {work}/platform.key;",
+        "  location / { proxy_pass http://127.0.0.1:9100; }", "}",
+    ]
+    for index in range(count):
+        lines += [
+            "server {", f"  listen 127.0.0.1:{NGINX_PORT} ssl;",
+            f"  server_name e{index}.apps.bench {custom_name(index)};",
+            f"  ssl_certificate {certs}/c{index}.pem;", f"  ssl_certificate_key {certs}/c{index}.key;",
+            "  location / { proxy_pass http://127.0.0.1:9100; }", "}",
+        ]
+    lines.append("}")
+    os.makedirs(os.path.join(work, "tmp"), exist_ok=True)
+    path = os.path.join(work, "nginx.conf")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- process facts
+
+# The process tree and its CPU time, read from /proc as the head-to-head harness does.
+from head_to_head import cpu_seconds, tree  # noqa: E402
+
+
+def rss_mib(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_KIB
+        except OSError:
+            pass
+    return total / 1024
+
+
+def handshake(port, name):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def wait_until(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError("timed out waiting")
+
+
+def readyz():
+    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/readyz", timeout=2) as answer:
+        return answer.status == 200
+
+
+def reload_gatehouse():
+    request = urllib.request.Request(f"http://127.0.0.1:{ADMIN_PORT}/reload", method="POST")
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        body = answer.read().decode()
+        if answer.status != 200:
+            raise RuntimeError(f"reload answered {answer.status}: {body}")
+    return time.monotonic() - started
+
+
+def handshake_worker(arguments):
+    port, names, seconds = arguments
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.options |= ssl.OP_NO_TICKET
+    done, failed, position = 0, 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        name = names[position % len(names)]
+        position += 1
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname=name):
+                    done += 1
+        except OSError:
+            failed += 1
+    return done, failed
+
+
+def handshake_rate(pid, port, count, seconds, processes=2):
+    """Full handshakes per proxy CPU-second, cycling over the custom names of `count` environments
+    in a scattered order (each process starts elsewhere)."""
+    order = [custom_name((i * 7919) % count) for i in range(count)] if count > 10 else \
+        [custom_name(i) for i in range(count)]
+    shares = [(port, order[k * len(order) // processes:] + order[:k * len(order) // processes], seconds)
+              for k in range(processes)]
+    before = cpu_seconds(pid)
+    with multiprocessing.Pool(processes, initializer=os.sched_setaffinity, initargs=(0, {int(LOAD_CORE)})) as pool:
+        results = pool.map(handshake_worker, shares)
+    cpu = cpu_seconds(pid) - before
+    done = sum(r[0] for r in results)
+    failed = sum(r[1] for r in results)
+    if failed:
+        raise RuntimeError(f"{failed} handshakes failed")
+    return done / cpu if cpu > 0 else float("nan")
+
+
+# ---------------------------------------------------------------- the proxies
+
+class Gatehouse:
+    def __init__(self, binary, work, count):
+        self.binary, self.work, self.count = binary, work, count
+        self.config = gatehouse_config(work, count)
+        self.process = None
+
+    def check(self):
+        started = time.monotonic()
+        subprocess.run([self.binary, "check", "--config", self.config], check=True, capture_output=True)
+        return time.monotonic() - started
+
+    def start(self):
+        started = time.monotonic()
+        self.log = open(os.path.join(self.work, "gatehouse.log"), "w")
+        self.process = subprocess.Popen(["taskset", "-c", PROXY_CORE, self.binary, "run", "--config", self.config],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(readyz)
+        return time.monotonic() - started
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def stop(self):
+        if self.process:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+            self.log.close()
+
+
+class Nginx:
+    def __init__(self, work, count):
+        self.work, self.count = work, count
+        self.config = nginx_config(work, count)
+        self.process = None
+
+    def check(self):
+        started = time.monotonic()
+        subprocess.run(["nginx", "-t", "-q", "-c", self.config, "-e", f"{self.work}/nginx-error.log"],
+                       check=True, capture_output=True)
+        return time.monotonic() - started
+
+    def start(self):
+        started = time.monotonic()
+        self.process = subprocess.Popen(["taskset", "-c", PROXY_CORE, "nginx", "-c", self.config,
+                                         "-e", f"{self.work}/nginx-error.log", "-g", "daemon off;"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: handshake(NGINX_PORT, custom_name(0)) is not None)
+        return time.monotonic() - started
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def workers(self):
+        return set(tree(self.pid)) - {self.pid}
+
+    def reload(self):
+        old = self.workers()
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGHUP)
+        # Done when no old worker is left and a new one serves.
+        wait_until(lambda: not (self.workers() & old) and self.workers(), timeout=120)
+        wait_until(lambda: handshake(NGINX_PORT, custom_name(1)) is not None)
+        return time.monotonic() - started
+
+    def stop(self):
+        if self.process:
+            self.process.send_signal(signal.SIGQUIT)
+            self.process.wait(timeout=60)
+
+
+def touch_all(work, count):
+    """Rewrite every certificate and key file with its own content: new modification times and
+    inodes, as a renewal of every certificate would leave them."""
+    for index in range(count):
+        for suffix in ("pem", "key"):
+            path = os.path.join(work, "certs", f"c{index}.{suffix}")
+            with open(path, "rb") as f:
+                content = f.read()
+            temporary = path + ".new"
+            with open(temporary, "wb") as f:
+                f.write(content)
+            os.chmod(temporary, 0o600)
+            os.replace(temporary, path)
+
+
+def measure_gatehouse(binary, work, seconds):
+    figures = {}
+    many = Gatehouse(binary, os.path.join(work, "g10000"), ENVIRONMENTS)
+    figures["check"] = statistics.median(many.check() for _ in range(3))
+    figures["start"] = many.start()
+    try:
+        time.sleep(1)
+        figures["rss_started"] = rss_mib(many.pid)
+        for index in range(0, ENVIRONMENTS, 5):
+            handshake(HTTPS_PORT, custom_name(index))
+        figures["rss_after_handshakes"] = rss_mib(many.pid)
+        figures["reload_unchanged"] = statistics.median(reload_gatehouse() for _ in range(3))
+        one = []
+        for round_number in range(3):
+            write_environment(many.work, 4242, comment=f"# round {round_number}\n")
+            one.append(reload_gatehouse())
+        figures["reload_one_file"] = statistics.median(one)
+        cli = []
+        for round_number in range(3):
+            write_environment(many.work, 4243, comment=f"# round {round_number}\n")
+            started = time.monotonic()
+            subprocess.run([binary, "reload", "--config", many.config], check=True, capture_output=True)
+            cli.append(time.monotonic() - started)
+        figures["reload_cli_one_file"] = statistics.median(cli)
+        full = []
+        for _ in range(2):
+            touch_all(many.work, ENVIRONMENTS)
+            full.append(reload_gatehouse())
+        figures["reload_full"] = statistics.median(full)
+        time.sleep(1)
+        figures["rss_after_reloads"] = rss_mib(many.pid)
+        figures["handshakes_10000"] = handshake_rate(many.pid, HTTPS_PORT, ENVIRONMENTS, seconds)
+    finally:
+        many.stop()
+    few = Gatehouse(binary, os.path.join(work, "g10"), 10)
+    few.start()
+    try:
+        figures["handshakes_10"] = handshake_rate(few.pid, HTTPS_PORT, 10, seconds)
+    finally:
+        few.stop()
+    return figures
+
+
+def measure_nginx(work, seconds):
+    figures = {}
+    shutil.copytree(os.path.join(work, "g10000", "certs"), os.path.join(work, "n10000", "certs"))
+    for name in ("platform.pem", "platform.key"):
+        shutil.copyfile(os.path.join(CACHE, name), os.path.join(work, "n10000", name))
+    many = Nginx(os.path.join(work, "n10000"), ENVIRONMENTS)
+    figures["check"] = statistics.median(many.check() for _ in range(3))
+    figures["start"] = many.start()
+    try:
+        time.sleep(1)
+        figures["rss_started"] = rss_mib(many.pid)
+        for index in range(0, ENVIRONMENTS, 5):
+            handshake(NGINX_PORT, custom_name(index))
+        figures["rss_after_handshakes"] = rss_mib(many.pid)
+        figures["reload_unchanged"] = statistics.median(many.reload() for _ in range(2))
+        # nginx has no partial reload: after one changed file it reloads everything.
+        with open(many.config, "a") as f:
+            f.write("# one change\n")
+        figures["reload_one_file"] = many.reload()
+        touch_all(many.work, ENVIRONMENTS)
+        figures["reload_full"] = many.reload()
+        time.sleep(1)
+        figures["rss_after_reloads"] = rss_mib(many.pid)
+        figures["handshakes_10000"] = handshake_rate(many.pid, NGINX_PORT, ENVIRONMENTS, seconds)
+    finally:
+        many.stop()
+    os.makedirs(os.path.join(work, "n10", "certs"))
+    for index in range(10):
+        for suffix in ("pem", "key"):
+            shutil.copyfile(os.path.join(CACHE, "certs", f"c{index}.{suffix}"),
+                            os.path.join(work, "n10", "certs", f"c{index}.{suffix}"))
+    for name in ("platform.pem", "platform.key"):
+        shutil.copyfile(os.path.join(CACHE, name), os.path.join(work, "n10", name))
+    few = Nginx(os.path.join(work, "n10"), 10)
+    few.start()
+    try:
+        figures["handshakes_10"] = handshake_rate(few.pid, NGINX_PORT, 10, seconds)
+    finally:
+        few.stop()
+    return figures
+
+
+def report(results):
+    names = list(results)
+    rows = [
+        ("check", "`check` / `nginx -t`", "{:.2f} s"),
+        ("start", "start to ready", "{:.2f} s"),
+        ("rss_started", "RSS once started", "{:.0f} MiB"),
+        ("rss_after_handshakes", "RSS after 2,000 handshakes over all names", "{:.0f} MiB"),
+        ("rss_after_reloads", "RSS after the reloads below", "{:.0f} MiB"),
+        ("reload_unchanged", "reload, nothing changed", "{:.3f} s"),
+        ("reload_one_file", "reload after one environment file changed", "{:.3f} s"),
+        ("reload_cli_one_file", "`gatehouse reload` after one environment file changed", "{:.3f} s"),
+        ("reload_full", "full reload (every certificate and key rewritten)", "{:.3f} s"),
+        ("handshakes_10", "full handshakes per CPU-second, 10 environments", "{:,.0f}"),
+        ("handshakes_10000", "full handshakes per CPU-second, 10,000 environments", "{:,.0f}"),
+    ]
+    print("| measure | " + " | ".join(names) + " |")
+    print("| --- |" + " --- |" * len(names))
+    for key, label, form in rows:
+        cells = []
+        for name in names:
+            value = results[name].get(key, float("nan"))
+            cells.append("n/a" if value != value else form.format(value))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    for name in names:
+        r = results[name]
+        print(f"{name}: handshakes 10,000 / 10 = {r['handshakes_10000'] / r['handshakes_10']:.3f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "gatehouse"))
+    parser.add_argument("--only", choices=["gatehouse", "nginx"])
+    parser.add_argument("--baseline", help="an earlier gatehouse build, measured in the same run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each handshake run")
+    args = parser.parse_args()
+    certificates()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="gatehouse-certificates-") as work:
+        if args.only != "nginx":
+            results["gatehouse"] = measure_gatehouse(args.binary, work, args.seconds)
+            print(json.dumps(results["gatehouse"]), flush=True)
+            if args.baseline:
+                earlier = os.path.join(work, "baseline")
+                os.makedirs(earlier)
+                results["baseline"] = measure_gatehouse(args.baseline, earlier, args.seconds)
+                print(json.dumps(results["baseline"]), flush=True)
+        if args.only != "gatehouse":
+            if args.only == "nginx":
+                gatehouse_config(os.path.join(work, "g10000"), ENVIRONMENTS)
+            results["nginx"] = measure_nginx(work, args.seconds)
+            print(json.dumps(results["nginx"]), flush=True)
+    report(results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
