@@ -166,6 +166,14 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
             Outcome::Denied,
             format!("DENY 403 ({}): {}", reason.as_str(), deny_text(reason)),
         ),
+        Decision::WouldDeny(reason) => (
+            Outcome::Allowed,
+            format!(
+                "ALLOW, REPORT-ONLY: the profile would deny ({}): {}; it is staged (report_only = true), so the request goes to the app and is counted and audited as would_deny",
+                reason.as_str(),
+                deny_text(reason)
+            ),
+        ),
     };
     say("decision", verdict);
     if let Some(revocation) = revoked_by {
@@ -183,9 +191,14 @@ fn describe_rule(snapshot: &Snapshot, evaluation: &Evaluation<'_>, say: &mut imp
     say("rule", format!("{:?} -> profile {name:?}", rule.prefix));
     if let Some(Profile::Restricted(restriction)) = snapshot.profiles.get(rule.profile) {
         let ca = restriction.client_ca.as_ref().map_or("none", |ca| ca.source.as_str());
+        let staged = if restriction.report_only {
+            ", report-only (not enforced)"
+        } else {
+            ""
+        };
         say(
             "profile",
-            format!("require {}, client CA: {ca}", restriction.require.as_str()),
+            format!("require {}, client CA: {ca}{staged}", restriction.require.as_str()),
         );
     }
 }

@@ -430,6 +430,18 @@ impl AuditEvent for AccessDenied<'_> {
     const NAME: &'static str = "access_denied";
 }
 
+/// A request that a report-only profile would have refused, let through: the same fields under
+/// their own event name, so that a SIEM rule on `access_denied` does not fire on staged rules.
+#[derive(Debug, serde::Serialize)]
+pub struct AccessWouldDeny<'a> {
+    #[serde(flatten)]
+    pub denial: AccessDenied<'a>,
+}
+
+impl AuditEvent for AccessWouldDeny<'_> {
+    const NAME: &'static str = "access_would_deny";
+}
+
 /// A configuration reload, installed or refused.
 #[derive(Debug, serde::Serialize)]
 pub struct ConfigReload<'a> {

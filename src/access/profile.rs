@@ -28,6 +28,9 @@ pub struct Restriction {
     pub deny: RangeSet,
     pub client_ca: Option<Arc<ClientCa>>,
     pub require: Require,
+    /// Staged: a request the profile would refuse is let through, and counted, audited and
+    /// explained as [`Decision::WouldDeny`] (as a browser applies `Content-Security-Policy-Report-Only`).
+    pub report_only: bool,
 }
 
 /// How ranges and the client certificate combine.
@@ -80,6 +83,8 @@ pub enum CertificateStatus {
 pub enum Decision {
     Allow(AllowReason),
     Deny(DenyReason),
+    /// A report-only profile would have refused the request for this reason; it is let through.
+    WouldDeny(DenyReason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +132,7 @@ impl DenyReason {
 
 impl Decision {
     /// Every decision, in the order of [`Decision::index`] (metric series are resolved by it).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 16] = [
         Self::Allow(AllowReason::Open),
         Self::Allow(AllowReason::Range),
         Self::Allow(AllowReason::Certificate),
@@ -138,6 +143,12 @@ impl Decision {
         Self::Deny(DenyReason::NoCertificate),
         Self::Deny(DenyReason::CertificateRejected),
         Self::Deny(DenyReason::CertificateRevoked),
+        Self::WouldDeny(DenyReason::DenyAll),
+        Self::WouldDeny(DenyReason::DenyRange),
+        Self::WouldDeny(DenyReason::NotInRange),
+        Self::WouldDeny(DenyReason::NoCertificate),
+        Self::WouldDeny(DenyReason::CertificateRejected),
+        Self::WouldDeny(DenyReason::CertificateRevoked),
     ];
 
     /// The position of this decision in [`Decision::ALL`].
@@ -153,25 +164,33 @@ impl Decision {
             Self::Deny(DenyReason::NoCertificate) => 7,
             Self::Deny(DenyReason::CertificateRejected) => 8,
             Self::Deny(DenyReason::CertificateRevoked) => 9,
+            Self::WouldDeny(DenyReason::DenyAll) => 10,
+            Self::WouldDeny(DenyReason::DenyRange) => 11,
+            Self::WouldDeny(DenyReason::NotInRange) => 12,
+            Self::WouldDeny(DenyReason::NoCertificate) => 13,
+            Self::WouldDeny(DenyReason::CertificateRejected) => 14,
+            Self::WouldDeny(DenyReason::CertificateRevoked) => 15,
         }
     }
 
+    /// Whether the request goes on to the app (a report-only denial does).
     pub fn is_allowed(self) -> bool {
-        matches!(self, Self::Allow(_))
+        !matches!(self, Self::Deny(_))
     }
 
-    /// `allow` or `deny`, as the `outcome` label says.
+    /// `allow`, `deny` or `would_deny`, as the `outcome` label says.
     pub fn outcome(self) -> &'static str {
         match self {
             Self::Allow(_) => "allow",
             Self::Deny(_) => "deny",
+            Self::WouldDeny(_) => "would_deny",
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
             Self::Allow(reason) => reason.as_str(),
-            Self::Deny(reason) => reason.as_str(),
+            Self::Deny(reason) | Self::WouldDeny(reason) => reason.as_str(),
         }
     }
 }
@@ -180,6 +199,16 @@ impl Profile {
     /// Decide for a client address; `certificate` tells how the client's certificate stands
     /// with a given CA (asked only when the profile has one).
     pub fn decide(&self, client: IpAddr, certificate: impl FnOnce(&ClientCa) -> CertificateStatus) -> Decision {
+        match (self, self.enforced_decision(client, certificate)) {
+            (Self::Restricted(restriction), Decision::Deny(reason)) if restriction.report_only => {
+                Decision::WouldDeny(reason)
+            }
+            (_, decision) => decision,
+        }
+    }
+
+    /// The decision as if the profile were enforced.
+    fn enforced_decision(&self, client: IpAddr, certificate: impl FnOnce(&ClientCa) -> CertificateStatus) -> Decision {
         let restriction = match self {
             Self::AllowAll => return Decision::Allow(AllowReason::Open),
             Self::DenyAll => return Decision::Deny(DenyReason::DenyAll),
@@ -231,11 +260,34 @@ mod tests {
             deny: parse(deny),
             client_ca: None,
             require,
+            report_only: false,
         })
     }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_report_only_profile_lets_through_what_it_would_refuse_and_says_why() {
+        let Profile::Restricted(mut staged) = restricted(&["192.0.2.0/24"], &["192.0.2.66/32"], Require::Any) else {
+            unreachable!("restricted() makes a restricted profile")
+        };
+        staged.report_only = true;
+        let staged = Profile::Restricted(staged);
+        let absent = |_: &ClientCa| CertificateStatus::Absent;
+        assert_eq!(
+            staged.decide(ip("192.0.2.1"), absent),
+            Decision::Allow(AllowReason::Range)
+        );
+        let would = staged.decide(ip("203.0.113.1"), absent);
+        assert_eq!(would, Decision::WouldDeny(DenyReason::NotInRange));
+        assert!(would.is_allowed());
+        assert_eq!((would.outcome(), would.reason()), ("would_deny", "not_in_range"));
+        assert_eq!(
+            staged.decide(ip("192.0.2.66"), absent),
+            Decision::WouldDeny(DenyReason::DenyRange)
+        );
     }
 
     #[test]

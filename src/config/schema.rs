@@ -112,6 +112,9 @@ pub struct ProfileSection {
     /// `"any"`: a matching range or a verified certificate; `"all"`: every configured condition.
     #[serde(default = "default_require")]
     pub require: Require,
+    /// Stage the profile: its denials are counted, audited and explained, not enforced.
+    #[serde(default)]
+    pub report_only: bool,
 }
 
 fn default_require() -> Require {

@@ -22,9 +22,10 @@ use super::RequestPath;
 use super::client_address::{self, ClientAddress};
 use super::observe::Details;
 use crate::access;
+use crate::access::profile::Decision;
 use crate::connection::ConnectionInfo;
 use crate::live::{Installed, ServedEnvironment};
-use crate::logs::{AccessDenied, Throttle};
+use crate::logs::{AccessDenied, AccessWouldDeny, Throttle};
 use crate::pages::{ResponseBody, page};
 use crate::route::MalformedHost;
 use crate::snapshot::{Environment, Snapshot};
@@ -206,7 +207,7 @@ fn check_access<B>(
         Ok(evaluation) => {
             details.decision = Some(evaluation.decision);
             environment.live.metrics.decided(evaluation.decision);
-            if evaluation.decision.is_allowed() {
+            if let Decision::Allow(_) = evaluation.decision {
                 return None;
             }
             let rule = evaluation.rule.map_or("", |rule| rule.prefix);
@@ -220,6 +221,10 @@ fn check_access<B>(
                 evaluation.decision,
                 request_id,
             );
+            // A report-only profile's denial is counted and audited, and the request goes on.
+            if evaluation.decision.is_allowed() {
+                return None;
+            }
             Some(match &environment.config.forbidden_page {
                 Some(custom) => custom.respond(StatusCode::FORBIDDEN),
                 None => page(StatusCode::FORBIDDEN),
@@ -248,13 +253,18 @@ fn audit_denial(
     request_id: &HeaderValue,
 ) {
     let host = String::from_utf8_lossy(host.as_bytes());
+    let enforced = !decision.is_allowed();
     // Every denial is in the audit log and the metrics; the process log gets a sample.
     static DENIED: Throttle = Throttle::new(10);
     if let Some(held_back) = DENIED.admit() {
-        tracing::info!(target: "gatehouse::access", environment = %environment.name, %client, %host, path, rule, reason = decision.reason(), held_back, "request denied");
+        let message = match enforced {
+            true => "request denied",
+            false => "request let through that a report-only profile would deny",
+        };
+        tracing::info!(target: "gatehouse::access", environment = %environment.name, %client, %host, path, rule, reason = decision.reason(), held_back, "{message}");
     }
     if requests.audit_log.enabled() {
-        requests.audit_log.audit(&AccessDenied {
+        let denial = AccessDenied {
             request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or("-"),
             environment: &environment.name,
             client: client.to_string(),
@@ -262,7 +272,11 @@ fn audit_denial(
             path,
             rule,
             reason: decision.reason(),
-        });
+        };
+        match enforced {
+            true => requests.audit_log.audit(&denial),
+            false => requests.audit_log.audit(&AccessWouldDeny { denial }),
+        }
     }
 }
 

@@ -32,8 +32,9 @@ pub struct Details {
 pub struct LogPolicy {
     /// Every request (the default).
     every: bool,
-    /// Otherwise: errors (status 400 and above, denials among them) and requests at least this
-    /// slow, and of the rest, `sample_per_million` in a million.
+    /// Otherwise: errors (status 400 and above, denials among them), requests that a report-only
+    /// profile would deny, and requests at least this slow, and of the rest, `sample_per_million`
+    /// in a million.
     slow: Duration,
     sample_per_million: u64,
 }
@@ -115,9 +116,12 @@ impl Settle for Exchange {
         self.metrics.request_done(&self.method, self.status, elapsed);
         self.metrics.bytes(0, sent);
         if let Some((entry, sink)) = self.log {
-            if entry
-                .policy
-                .keeps(entry.status, elapsed, || sequence_of(&entry.request_id))
+            // A staged (report-only) denial is what the operator is watching for: always notable.
+            let staged_denial = matches!(entry.decision, Some(Decision::WouldDeny(_)));
+            if staged_denial
+                || entry
+                    .policy
+                    .keeps(entry.status, elapsed, || sequence_of(&entry.request_id))
             {
                 sink.write(entry.line(sent, elapsed));
             } else {
@@ -197,7 +201,7 @@ impl AccessEntry {
             duration_ms: millis(elapsed),
             upstream: self.upstream.map(|(addr, _)| addr.to_string()),
             upstream_duration_ms: self.upstream.map(|(_, duration)| millis(duration)),
-            decision: self.decision.map(|d| if d.is_allowed() { "allow" } else { "deny" }),
+            decision: self.decision.map(Decision::outcome),
             decision_reason: self.decision.map(Decision::reason),
         };
         serde_json::to_string(&line).unwrap_or_default()

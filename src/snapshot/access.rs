@@ -100,6 +100,7 @@ fn compile_profile(
             deny: RangeSet::new(&deny),
             client_ca,
             require: value.require,
+            report_only: value.report_only,
         })
     })
 }

@@ -952,6 +952,7 @@ fn assemble(
     let platform_certificate = certificate_summary(&platform, platform_label);
     warnings.extend(expiry_warning(&platform_certificate, now));
     warnings.extend(stale_crl_warnings(&profiles, now));
+    warnings.extend(staged_profile_warnings(&profiles));
     let listeners = settings
         .https
         .iter()
@@ -981,6 +982,16 @@ fn assemble(
         },
     };
     Ok((snapshot, compiled_environments))
+}
+
+/// A reminder for every report-only profile: what it would deny is let through.
+fn staged_profile_warnings(profiles: &Profiles) -> Vec<String> {
+    (profiles.names.iter().zip(&profiles.profiles))
+        .filter(|(_, profile)| matches!(profile, Profile::Restricted(restriction) if restriction.report_only))
+        .map(|(name, _)| {
+            format!("profile {name:?} is report-only: requests it would deny reach the app (counted as would_deny)")
+        })
+        .collect()
 }
 
 /// A warning for every CRL past its `nextUpdate`: it is still applied (README, "Revocation"),
