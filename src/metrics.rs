@@ -141,6 +141,9 @@ struct Families {
     health_checks: IntCounterVec,
     request_body_timeouts: IntCounterVec,
     access_log_skipped: IntCounterVec,
+    instance_requests: IntCounterVec,
+    instance_failures: IntCounterVec,
+    instance_connect: HistogramVec,
 }
 
 /// Upstream connections: how many are open now, and how many were ever opened (openings that
@@ -205,6 +208,79 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
     Ok(vec)
 }
 
+/// At most this many instances of one environment get series of their own (labelled by address);
+/// further ones share `instance="other"`. Series are made only for instances that are sent
+/// requests, so the bound is per environment: 64 x (requests, up to 4 failure kinds, a
+/// connect-time histogram of 9 buckets) = at most 64 x 16 series, plus "other".
+pub const INSTANCE_SERIES_PER_ENVIRONMENT: usize = 64;
+
+/// Why an attempt at one instance failed, as `gatehouse_upstream_instance_failures_total` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceFailure {
+    /// No connection could be opened.
+    Connect,
+    /// No response head within the environment's response timeout.
+    Timeout,
+    /// The connection broke before a response.
+    Broken,
+    /// The instance answered 502, 503 or 504.
+    BadStatus,
+}
+
+impl InstanceFailure {
+    pub const ALL: [Self; 4] = [Self::Connect, Self::Timeout, Self::Broken, Self::BadStatus];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Broken => "broken",
+            Self::BadStatus => "bad_status",
+        }
+    }
+}
+
+/// One instance's series, resolved when the instance is first sent a request.
+#[derive(Debug)]
+pub struct InstanceMetrics {
+    environment: Box<str>,
+    /// The address, or "other" past [`INSTANCE_SERIES_PER_ENVIRONMENT`].
+    label: Box<str>,
+    families: Arc<Families>,
+    requests: Option<IntCounter>,
+    connect: Option<Histogram>,
+    failures: [OnceLock<IntCounter>; InstanceFailure::ALL.len()],
+}
+
+impl InstanceMetrics {
+    /// Count an attempt sent to the instance (each retry is an attempt of its own).
+    pub fn attempted(&self) {
+        if let Some(counter) = &self.requests {
+            counter.inc();
+        }
+    }
+
+    pub fn failed(&self, failure: InstanceFailure) {
+        let Some(slot) = self.failures.get(failure as usize) else {
+            return;
+        };
+        let families = &self.families;
+        let labels = [&*self.environment, &*self.label, failure.as_str()];
+        if let Some(counter) = resolve(slot, || {
+            families.instance_failures.get_metric_with_label_values(&labels).ok()
+        }) {
+            counter.inc();
+        }
+    }
+
+    /// A new connection to the instance was opened in `took`.
+    pub fn connected(&self, took: Duration) {
+        if let Some(histogram) = &self.connect {
+            histogram.observe(took.as_secs_f64());
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Result<Self> {
         let registry = Registry::new();
@@ -239,6 +315,29 @@ impl Metrics {
                 "Response body bytes sent to clients.",
                 &["environment"],
             )?,
+            instance_requests: counter_vec(
+                &registry,
+                "gatehouse_upstream_instance_requests_total",
+                "Attempts sent to one app instance (a retry is an attempt of its own), by environment and instance.",
+                &["environment", "instance"],
+            )?,
+            instance_failures: counter_vec(
+                &registry,
+                "gatehouse_upstream_instance_failures_total",
+                "Failed attempts at one app instance, by environment, instance and kind (connect, timeout, broken, bad_status).",
+                &["environment", "instance", "kind"],
+            )?,
+            instance_connect: {
+                let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0];
+                let opts = HistogramOpts::new(
+                    "gatehouse_upstream_instance_connect_seconds",
+                    "Time to open a connection to one app instance (TCP, and TLS when used), by environment and instance.",
+                )
+                .buckets(buckets);
+                let vec = HistogramVec::new(opts, &["environment", "instance"])?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
             access_decisions: counter_vec(
                 &registry,
                 "gatehouse_access_decisions_total",
@@ -632,6 +731,8 @@ pub struct EnvironmentMetrics {
     health_checks: [OnceLock<IntCounter>; 2],
     request_body_timeouts: OnceLock<IntCounter>,
     access_log_skipped: OnceLock<IntCounter>,
+    /// The instance addresses with series of their own (at most [`INSTANCE_SERIES_PER_ENVIRONMENT`]).
+    instances_labelled: Mutex<std::collections::HashSet<Box<str>>>,
 }
 
 fn resolve<M: Clone>(slot: &OnceLock<M>, lookup: impl FnOnce() -> Option<M>) -> Option<&M> {
@@ -659,6 +760,35 @@ impl EnvironmentMetrics {
             health_checks: Default::default(),
             request_body_timeouts: OnceLock::new(),
             access_log_skipped: OnceLock::new(),
+            instances_labelled: Mutex::default(),
+        }
+    }
+
+    /// The series of the instance at `address` (its label), made now: under its own label for
+    /// the first [`INSTANCE_SERIES_PER_ENVIRONMENT`] instances the environment ever sent a
+    /// request to, under "other" past that.
+    pub fn instance(&self, address: &str) -> InstanceMetrics {
+        let label: Box<str> = {
+            let mut labelled = self
+                .instances_labelled
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if labelled.contains(address) || labelled.len() < INSTANCE_SERIES_PER_ENVIRONMENT {
+                labelled.insert(address.into());
+                address.into()
+            } else {
+                "other".into()
+            }
+        };
+        let families = &self.families;
+        let labels = [&*self.name, &*label];
+        InstanceMetrics {
+            requests: families.instance_requests.get_metric_with_label_values(&labels).ok(),
+            connect: families.instance_connect.get_metric_with_label_values(&labels).ok(),
+            failures: Default::default(),
+            environment: self.name.clone(),
+            label,
+            families: families.clone(),
         }
     }
 
@@ -788,9 +918,45 @@ mod tests {
         in_order(HandshakeFailure::ALL, |v| v as usize, HandshakeFailure::as_str);
         in_order(LogDrop::ALL, |v| v as usize, LogDrop::as_str);
         in_order(ConnectionLimit::ALL, |v| v as usize, ConnectionLimit::as_str);
+        in_order(&InstanceFailure::ALL, |v| v as usize, InstanceFailure::as_str);
         assert_eq!(
             MethodLabel::of(&Method::from_bytes(b"PURGE").unwrap_or_default()),
             MethodLabel::Other
+        );
+    }
+
+    #[test]
+    fn instance_labels_are_bounded_per_environment() {
+        let metrics = Metrics::new().unwrap_or_else(|err| panic!("{err}"));
+        let shop = metrics.environment("shop");
+        let other_environment = metrics.environment("blog");
+        for n in 0..100u16 {
+            let address = format!("10.0.{}.{}:80", n / 256, n % 256);
+            shop.instance(&address).attempted();
+        }
+        other_environment.instance("10.9.9.9:80").attempted();
+        // Seen again: still its own label, not "other".
+        shop.instance("10.0.0.1:80").attempted();
+        let text = metrics.render();
+        let labelled: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("gatehouse_upstream_instance_requests_total{environment=\"shop\""))
+            .filter_map(|line| line.split("instance=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(labelled.len(), INSTANCE_SERIES_PER_ENVIRONMENT + 1, "{labelled:?}");
+        assert!(labelled.contains("other"));
+        assert!(
+            text.contains("gatehouse_upstream_instance_requests_total{environment=\"shop\",instance=\"other\"} 36")
+        );
+        assert!(
+            text.contains(
+                "gatehouse_upstream_instance_requests_total{environment=\"shop\",instance=\"10.0.0.1:80\"} 2"
+            )
+        );
+        assert!(
+            text.contains(
+                "gatehouse_upstream_instance_requests_total{environment=\"blog\",instance=\"10.9.9.9:80\"} 1"
+            )
         );
     }
 

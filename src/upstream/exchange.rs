@@ -27,6 +27,7 @@ use super::connect::{ConnectError, ConnectSettings, connect};
 use super::instance::{Instance, Outcome};
 use super::pool::{PoolReturn, Sender};
 use crate::logs::Throttle;
+use crate::metrics::InstanceFailure;
 
 /// A rewritten request, ready for an instance: origin-form URI, headers for the app.
 pub struct Outgoing {
@@ -183,6 +184,7 @@ pub fn send(
         loop {
             let lease = Lease::new(instance.clone());
             let started = Instant::now();
+            group.instance_metrics(&instance).attempted();
             let failed = |failure| Failed {
                 failure,
                 instance: Some(instance.addr),
@@ -192,6 +194,7 @@ pub fn send(
                 Ok(sender) => sender,
                 Err(err) => {
                     group.record(&instance, Outcome::Failure);
+                    group.instance_metrics(&instance).failed(InstanceFailure::Connect);
                     static CANNOT_CONNECT: Throttle = Throttle::new(10);
                     if let Some(held_back) = CANNOT_CONNECT.admit() {
                         tracing::warn!(environment = %group.environment, instance = %instance.label, error = %err, held_back, "cannot connect to instance");
@@ -211,6 +214,7 @@ pub fn send(
             match outcome {
                 Err(_elapsed) => {
                     group.record(&instance, Outcome::Failure);
+                    group.instance_metrics(&instance).failed(InstanceFailure::Timeout);
                     // Never sent again: the app may still be working on it.
                     return Err(failed(Failure::Timeout(policy.response_timeout)));
                 }
@@ -220,6 +224,7 @@ pub fn send(
                         lease.return_on_end(connection);
                     }
                     let outcome = if speaks_against_the_instance(response.status()) {
+                        group.instance_metrics(&instance).failed(InstanceFailure::BadStatus);
                         Outcome::Failure
                     } else {
                         Outcome::Success
@@ -240,6 +245,7 @@ pub fn send(
                             // or sent too much) says nothing about the instance.
                             if !err.error().is_user() {
                                 group.record(&instance, Outcome::Failure);
+                                group.instance_metrics(&instance).failed(InstanceFailure::Broken);
                             }
                             (replay.as_ref().map(Replay::request), AttemptFailed::WrittenUnanswered)
                         }
@@ -303,7 +309,9 @@ async fn checkout_or_connect(
     };
     // Boxed: connecting is the rare path, and inline its state would make every request's
     // future (moved into its box per request) larger by its size.
+    let started = Instant::now();
     let sender = Box::pin(connect(instance, &settings)).await?;
+    group.instance_metrics(instance).connected(started.elapsed());
     if let Sender::Http2(shared) = &sender {
         instance.pool.share_http2(shared.clone());
     }

@@ -42,6 +42,8 @@ pub struct Instance {
     ejections: AtomicU32,
     /// When the instance came back (after an ejection or a failed health state) + 1; 0: never.
     back_since: AtomicU64,
+    /// Its own series (requests, failures, connect time), made when it is first sent a request.
+    pub metrics: std::sync::OnceLock<crate::metrics::InstanceMetrics>,
 }
 
 impl Instance {
@@ -60,6 +62,7 @@ impl Instance {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             back_since: AtomicU64::new(0),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 

@@ -35,7 +35,7 @@ use instance::{Outcome, millis};
 use spec::{LoadBalancing, ResolvedUpstream, Target, UpstreamSpec};
 
 use crate::body::CountedBody;
-use crate::metrics::EnvironmentMetrics;
+use crate::metrics::{EnvironmentMetrics, InstanceMetrics};
 
 /// What gatehouse sends to an instance: the client's body, or nothing (health checks, replays).
 pub type RequestBody = Either<CountedBody<Incoming>, Empty<Bytes>>;
@@ -102,6 +102,11 @@ impl UpstreamGroup {
 
     fn metrics(&self) -> &EnvironmentMetrics {
         &self.metrics
+    }
+
+    /// The series of one of this group's instances (made on its first request).
+    pub fn instance_metrics<'a>(&self, instance: &'a Instance) -> &'a InstanceMetrics {
+        instance.metrics.get_or_init(|| self.metrics.instance(&instance.label))
     }
 
     /// The instance for the next request, never `avoid` unless it is the only one available;
