@@ -50,7 +50,6 @@ CACHE = os.path.join(ROOT, "build", "certificates-bench")
 ENVIRONMENTS = 10_000
 HTTPS_PORT, ADMIN_PORT, NGINX_PORT = 9543, 9902, 9544
 PROXY_CORE, LOAD_CORE = "0", "1"
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 # ---------------------------------------------------------------- certificates
@@ -231,18 +230,11 @@ def nginx_config(work, count):
 # ---------------------------------------------------------------- process facts
 
 # The process tree and its CPU time, read from /proc as the head-to-head harness does.
-from head_to_head import cpu_seconds, tree  # noqa: E402
+from head_to_head import cpu_seconds, rss_kib, tree  # noqa: E402
 
 
 def rss_mib(pid):
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE_KIB
-        except OSError:
-            pass
-    return total / 1024
+    return rss_kib(pid) / 1024
 
 
 def handshake(port, name):
