@@ -58,6 +58,19 @@ enum Command {
         #[arg(long)]
         certificate: Option<PathBuf>,
     },
+    /// Re-decide the requests of a JSON access log under this configuration and report what
+    /// would change. Exit status: 0 nothing newly refused, 3 requests newly denied (403),
+    /// 4 requests that reached the app newly refused otherwise (404, 421, 400), 1 configuration
+    /// or read error.
+    Replay {
+        /// The JSON access log (`logging.access_log_format = "json"`); `-` reads standard input
+        /// (for example `zcat access.log.gz | gatehouse replay --access-log -`).
+        #[arg(long)]
+        access_log: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -80,6 +93,7 @@ pub fn main() -> ExitCode {
                 certificate: certificate.as_deref(),
             },
         ),
+        Command::Replay { access_log, json } => replay(&cli.config, &access_log, json),
     }
 }
 
@@ -166,6 +180,52 @@ fn explain(config: &Path, question: &Question<'_>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn replay(config: &Path, access_log: &Path, json: bool) -> ExitCode {
+    let snapshot = match snapshot::load(config) {
+        Ok(snapshot) => snapshot,
+        Err(errors) => {
+            eprintln!("configuration {} is invalid:\n{errors}", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut replay = crate::replay::Replay::new(&snapshot);
+    let read = if access_log == Path::new("-") {
+        replay.read(&mut std::io::stdin().lock())
+    } else {
+        std::fs::File::open(access_log)
+            .and_then(|file| replay.read(&mut std::io::BufReader::with_capacity(1 << 20, file)))
+    };
+    if let Err(err) = read {
+        eprintln!("cannot read {}: {err}", access_log.display());
+        return ExitCode::FAILURE;
+    }
+    let report = replay.finish();
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("cannot write the report: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        println!(
+            "replayed {} under {} (configuration sha256 {})",
+            access_log.display(),
+            config.display(),
+            snapshot.sha256
+        );
+        print!("{report}");
+    }
+    ExitCode::from(if report.newly_denied() > 0 {
+        3
+    } else if report.newly_refused() > 0 {
+        4
+    } else {
+        0
+    })
 }
 
 fn run(config: &Path, worker_threads: Option<std::num::NonZeroUsize>) -> ExitCode {

@@ -27,6 +27,11 @@ pub struct ConnectionInfo {
     pub client_ip: HeaderValue,
     /// The TLS policy the handshake was made under.
     pub policy: PolicyKey,
+    /// The server name the client asked for in its ClientHello (SNI), which chose the policy;
+    /// for the access log (`gatehouse replay` judges 421 answers by it).
+    pub sni: Option<HeaderValue>,
+    /// Whether the policy asked the client for a certificate (it names client CAs).
+    pub asks_for_certificate: bool,
     /// `SSL-Protocol` and `SSL-Cipher` for the app.
     pub tls_protocol: HeaderValue,
     pub tls_cipher: HeaderValue,

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod rate_limit;
+pub mod replay;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -64,6 +64,11 @@ impl Installed {
         self.environments.get(index)
     }
 
+    /// Every environment with its live state, by the index of the snapshot's.
+    pub fn environments(&self) -> &[ServedEnvironment] {
+        &self.environments
+    }
+
     /// The metric series of requests that reach no environment.
     pub fn unrouted_metrics(&self) -> &Arc<EnvironmentMetrics> {
         &self.unrouted

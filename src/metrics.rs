@@ -714,6 +714,14 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// An environment's counts since the start (see [`EnvironmentMetrics::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestTotals {
+    pub requests: u64,
+    pub denied: u64,
+    pub would_deny: u64,
+}
+
 /// One environment's series, resolved on first use.
 #[derive(Debug)]
 pub struct EnvironmentMetrics {
@@ -866,6 +874,26 @@ impl EnvironmentMetrics {
     pub fn health_checked(&self, passed: bool) {
         let (index, result) = if passed { (0, "success") } else { (1, "failure") };
         self.counter(&self.health_checks[index], |f| &f.health_checks, &[&self.name, result]);
+    }
+
+    /// Requests answered so far, and how many of them an access profile refused and would
+    /// refuse (report-only): for the status page, which reads them every few seconds.
+    pub fn totals(&self) -> RequestTotals {
+        let count = |slot: &OnceLock<IntCounter>| slot.get().map_or(0, IntCounter::get);
+        let requests = self.requests.iter().flatten().map(count).sum();
+        let (mut denied, mut would_deny) = (0, 0);
+        for (decision, slot) in Decision::ALL.iter().zip(&self.decisions) {
+            match decision {
+                Decision::Deny(_) => denied += count(slot),
+                Decision::WouldDeny(_) => would_deny += count(slot),
+                Decision::Allow(_) => {}
+            }
+        }
+        RequestTotals {
+            requests,
+            denied,
+            would_deny,
+        }
     }
 
     pub fn decided(&self, decision: Decision) {

@@ -52,10 +52,12 @@ pub fn with_body(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
 pub struct CustomPage {
     body: Bytes,
     content_type: HeaderValue,
+    /// The file as the configuration names it, for the status page.
+    source: Box<str>,
 }
 
 impl CustomPage {
-    pub fn new(body: Bytes, html: bool) -> Self {
+    pub fn new(body: Bytes, html: bool, source: &str) -> Self {
         let content_type = if html {
             "text/html; charset=utf-8"
         } else {
@@ -64,7 +66,12 @@ impl CustomPage {
         Self {
             body,
             content_type: HeaderValue::from_static(content_type),
+            source: source.into(),
         }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn respond(&self, status: StatusCode) -> Response<ResponseBody> {

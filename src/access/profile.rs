@@ -56,13 +56,31 @@ impl Require {
 /// revocation lists in force for it.
 #[derive(Debug)]
 pub struct ClientCa {
-    /// Identifies the bundle by content, stable across reloads (a CRL update leaves it, and so
-    /// the TLS policies built on it, unchanged).
+    /// Identifies the bundle by content: the first 8 bytes of the SHA-256 of its certificates.
+    /// Stable across reloads (a CRL update leaves it, and so the TLS policies built on it,
+    /// unchanged) and across processes and versions: the access log names CAs by it, and
+    /// `gatehouse replay` matches them to another configuration's.
     pub id: u64,
     pub source: String,
     pub verifier: Arc<dyn ClientCertVerifier>,
     /// The profile's `client_crls`, looked up per request; `None` when it has none.
     pub revocation: Option<RevocationList>,
+}
+
+impl ClientCa {
+    /// The id of a bundle whose certificates' SHA-256 is `digest`.
+    pub fn id_of(digest: &[u8]) -> u64 {
+        let mut first = [0u8; 8];
+        for (slot, byte) in first.iter_mut().zip(digest) {
+            *slot = *byte;
+        }
+        u64::from_be_bytes(first)
+    }
+
+    /// The id as the access log writes it: 16 hexadecimal digits.
+    pub fn id_text(id: u64) -> String {
+        format!("{id:016x}")
+    }
 }
 
 /// What is known about the client's certificate with respect to one CA.
@@ -76,6 +94,28 @@ pub enum CertificateStatus {
     Rejected,
     /// It passes for this CA, but a CRL of the profile lists it (or a certificate of its chain).
     Revoked,
+}
+
+impl CertificateStatus {
+    /// As the access log's `client_cas` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "absent",
+            Self::Verified => "verified",
+            Self::Rejected => "rejected",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "absent" => Self::Absent,
+            "verified" => Self::Verified,
+            "rejected" => Self::Rejected,
+            "revoked" => Self::Revoked,
+            _ => return None,
+        })
+    }
 }
 
 /// The outcome for one request, with the reason operators see in logs and `explain`.

@@ -56,6 +56,11 @@ impl PathRules {
         self.rules.is_empty()
     }
 
+    /// Every rule: its prefix as written and its profile index, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.rules.values().map(|(prefix, profile)| (&**prefix, *profile))
+    }
+
     /// The profile indices the rules use.
     pub fn profiles(&self) -> impl Iterator<Item = usize> + '_ {
         self.rules.values().map(|(_, profile)| *profile)

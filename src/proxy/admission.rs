@@ -360,6 +360,8 @@ mod tests {
             client: SocketAddr::from((client, 40000)),
             client_ip: HeaderValue::from_static("client"),
             policy: if same_policy { key } else { PolicyKey(key.0 ^ 1) },
+            sni: None,
+            asks_for_certificate: false,
             tls_protocol: HeaderValue::from_static("TLSv1.3"),
             tls_cipher: HeaderValue::from_static("TLS_AES_128_GCM_SHA256"),
             client_certificate: None,

@@ -117,6 +117,7 @@ pub fn handle(
         let metrics = environment.map_or_else(|| installed.unrouted_metrics().clone(), |env| env.live.metrics.clone());
         let status = response.status();
         let log = logged_uri.map(|uri| {
+            let client_cas = certificate_verdicts(&installed.snapshot, host.as_ref(), connection);
             let entry = AccessEntry {
                 request_id,
                 trace_id: details.trace_id,
@@ -127,7 +128,9 @@ pub fn handle(
                 uri,
                 version,
                 tls_version: connection.tls_protocol.clone(),
+                sni: connection.sni.clone(),
                 client_certificate: connection.client_certificate.as_ref().map(|c| c.subject.clone()),
+                client_cas,
                 status,
                 upstream: details.upstream,
                 decision: details.decision,
@@ -189,6 +192,26 @@ fn client_text(resolved: Option<IpAddr>, connection: &ConnectionInfo) -> HeaderV
         }
         _ => connection.client_ip.clone(),
     }
+}
+
+/// The client certificate's verdict for each CA of the connection's policy, for the access log;
+/// `None` when the connection was not asked for a certificate, or the host is not served under
+/// its policy (421). Only connections asked for a certificate pay for the host's second lookup.
+fn certificate_verdicts(
+    snapshot: &crate::snapshot::Snapshot,
+    host: Option<&HeaderValue>,
+    connection: &ConnectionInfo,
+) -> Option<Vec<(u64, crate::access::profile::CertificateStatus)>> {
+    if !connection.asks_for_certificate {
+        return None;
+    }
+    let route = snapshot.route(host?.as_bytes()).ok()??;
+    let policy = (snapshot.policies.get(route.policy)).filter(|policy| policy.key == connection.policy)?;
+    Some(
+        (policy.client_cas.iter())
+            .map(|ca| (ca.id, connection.certificate_status(ca)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use http::header::HeaderValue;
 use http::{Method, StatusCode, Uri, Version};
 use serde::Serialize;
 
-use crate::access::profile::Decision;
+use crate::access::profile::{CertificateStatus, Decision};
 use crate::body::{CountingBody, Settle};
 use crate::logs::{AccessFormat, LogSink, push_common_log_time, rfc3339_now};
 use crate::metrics::EnvironmentMetrics;
@@ -89,7 +89,12 @@ pub struct AccessEntry {
     pub uri: Uri,
     pub version: Version,
     pub tls_version: HeaderValue,
+    pub sni: Option<HeaderValue>,
     pub client_certificate: Option<String>,
+    /// How the client's certificate stood with each CA of the connection's policy (its id and
+    /// the verdict), when the policy asks for a certificate: what `gatehouse replay` needs to
+    /// judge a certificate decision under another configuration.
+    pub client_cas: Option<Vec<(u64, CertificateStatus)>>,
     pub status: StatusCode,
     pub upstream: Option<(SocketAddr, Duration)>,
     pub decision: Option<Decision>,
@@ -147,7 +152,10 @@ struct JsonLine<'a> {
     path: &'a str,
     protocol: &'static str,
     tls_version: &'a str,
+    sni: Option<&'a str>,
     client_certificate: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cas: Option<CaVerdicts<'a>>,
     status: u16,
     bytes_sent: u64,
     duration_ms: f64,
@@ -155,6 +163,17 @@ struct JsonLine<'a> {
     upstream_duration_ms: Option<f64>,
     decision: Option<&'static str>,
     decision_reason: Option<&'static str>,
+}
+
+/// `{"<CA id>": "verified", ...}`: a certificate's verdicts by CA.
+struct CaVerdicts<'a>(&'a [(u64, CertificateStatus)]);
+
+impl Serialize for CaVerdicts<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            (self.0.iter()).map(|&(id, status)| (crate::access::profile::ClientCa::id_text(id), status.as_str())),
+        )
+    }
 }
 
 pub fn protocol_name(version: Version) -> &'static str {
@@ -183,6 +202,7 @@ impl AccessEntry {
         let trace_id = self.trace_id.map(super::trace::TraceId::hex);
         let tls_version = text(&self.tls_version);
         let host = self.host.as_ref().map(text);
+        let sni = self.sni.as_ref().map(text);
         let line = JsonLine {
             time: rfc3339_now(),
             log: "access",
@@ -195,7 +215,9 @@ impl AccessEntry {
             path: self.uri.path(),
             protocol: protocol_name(self.version),
             tls_version: &tls_version,
+            sni: sni.as_deref(),
             client_certificate: self.client_certificate.as_deref(),
+            client_cas: self.client_cas.as_deref().map(CaVerdicts),
             status: self.status.as_u16(),
             bytes_sent: sent,
             duration_ms: millis(elapsed),

@@ -101,6 +101,8 @@ async fn establish(
         client,
         client_ip: ip_header(client),
         policy: policy.key,
+        sni: session.server_name().and_then(|name| HeaderValue::try_from(name).ok()),
+        asks_for_certificate: !policy.client_cas.is_empty(),
         tls_protocol: protocol_header(session.protocol_version()),
         tls_cipher: cipher_header(session.negotiated_cipher_suite()),
         client_certificate,

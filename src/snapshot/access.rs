@@ -2,7 +2,6 @@
 //! each environment.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -156,10 +155,10 @@ fn load_client_ca(
         ));
     }
     let revocation = load_crls(main, key, crls, &certificates, errors);
-    let mut hasher = DefaultHasher::new();
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut roots = RootCertStore::empty();
     for certificate in certificates {
-        certificate.as_ref().hash(&mut hasher);
+        digest.update(certificate.as_ref());
         roots
             .add(certificate)
             .map_err(|err| format!("{source} holds a certificate that cannot be a trust anchor: {err}"))?;
@@ -169,7 +168,7 @@ fn load_client_ca(
         .build()
         .map_err(|err| format!("cannot use {source} as a client CA: {err}"))?;
     Ok(Arc::new(ClientCa {
-        id: hasher.finish(),
+        id: ClientCa::id_of(digest.finish().as_ref()),
         source,
         verifier,
         revocation,
@@ -270,7 +269,7 @@ pub fn load_page(
             let html = path
                 .extension()
                 .is_some_and(|ext| ext.eq_ignore_ascii_case("html") || ext.eq_ignore_ascii_case("htm"));
-            Some(CustomPage::new(Bytes::from(bytes), html))
+            Some(CustomPage::new(Bytes::from(bytes), html, written.get_ref()))
         }
         Err(message) => {
             errors.push(file.error_at(&written.span(), key, message));
