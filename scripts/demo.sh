@@ -36,8 +36,9 @@ echo "\$ gatehouse explain --host shop.apps.example.test --path /admin/ --client
 
 if [ "${1:-}" = "--check" ]; then
   curl -ksf "${resolve[@]}" https://shop.apps.example.test:8443/ | grep -q "hello from the demo app"
+  curl -sf http://127.0.0.1:9901/status | grep -q "<td>shop-production</td>"
   echo; echo "demo OK"
   exit 0
 fi
-echo; echo "gatehouse is serving https://shop.apps.example.test:8443 (see conf/). Press Ctrl-C to stop."
+echo; echo "gatehouse is serving https://shop.apps.example.test:8443 (see conf/); its status page is http://127.0.0.1:9901/status. Press Ctrl-C to stop."
 wait $proxy

@@ -132,6 +132,12 @@ impl LiveState {
         &self.metrics
     }
 
+    /// When the shared ticket key that encrypts new tickets was first installed (seconds since
+    /// the Unix epoch); `None` without `tls.ticket_keys`.
+    pub fn shared_ticket_key_since(&self) -> Option<i64> {
+        self.tickets.encrypting_since()
+    }
+
     fn entries(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -117,6 +117,20 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
+        "/status" => {
+            let mut response = text(StatusCode::OK, super::status_page::render(shared));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            // Defence in depth beside the escaping: no script, frame, form or outside resource.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                ),
+            );
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            response
+        }
         "/upstreams" => {
             let report = serde_json::to_string_pretty(&crate::upstream::report(&shared.live.upstream_groups()))
                 .unwrap_or_default();
@@ -128,7 +142,7 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /config, /upstreams, or POST /reload, /drain, /undrain\n"
+            "not found: try /status, /metrics, /healthz, /readyz, /config, /upstreams, or POST /reload, /drain, /undrain\n"
                 .to_owned(),
         ),
     }

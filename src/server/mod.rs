@@ -15,6 +15,7 @@ mod listener;
 mod listeners;
 pub mod proxy_protocol;
 mod redirect;
+pub mod status_page;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,8 @@ pub struct Shared {
     /// installs last. It holds what the last load parsed from certificate and key files, for
     /// the next reload to reuse while those files are unchanged.
     installing: Mutex<LoadCache>,
+    /// The status page's memory: the last reloads and samples of the request counters.
+    pub status: status_page::StatusHistory,
 }
 
 impl Shared {
@@ -171,6 +174,14 @@ impl Shared {
         changes: Option<EnvironmentChanges>,
         error: Option<String>,
     ) {
+        self.status.reloaded(status_page::ReloadRecord {
+            at: crate::snapshot::summary::unix_now(),
+            trigger: trigger.as_str(),
+            outcome: match &error {
+                None => Ok(new.unwrap_or(old).to_owned()),
+                Some(error) => Err(error.clone()),
+            },
+        });
         self.requests.audit_log.audit(&ConfigReload {
             trigger: trigger.as_str(),
             result: if error.is_none() { "success" } else { "failure" },
@@ -252,7 +263,9 @@ impl Proxy {
             listeners: Mutex::new(ListenerSet::default()),
             gate: gate::ConnectionGate::default(),
             installing: Mutex::new(cache),
+            status: status_page::StatusHistory::default(),
         });
+        status_page::spawn_sampler(&shared);
         shared.listeners().commit(prepared, &settings, &shared);
         let admin_addr = admin.as_ref().and_then(|socket| socket.local_addr().ok());
         let admin_tasks = admin

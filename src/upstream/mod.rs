@@ -239,6 +239,9 @@ pub struct InstanceReport {
     pub ejected: bool,
     pub requests_in_flight: usize,
     pub idle_connections: usize,
+    /// The share of new requests it takes while it warms up after coming back (slow start),
+    /// in percent of a warm instance's; 100 once warm.
+    pub share_percent: u64,
 }
 
 /// What `/upstreams` shows: every environment's instances and their state now.
@@ -266,6 +269,7 @@ pub fn report(groups: &[Arc<UpstreamGroup>]) -> Vec<GroupReport> {
                         ejected: instance.ejected(now),
                         requests_in_flight: instance.outstanding(),
                         idle_connections: instance.pool.idle_count(),
+                        share_percent: instance.weight(now, instance::millis(group.spec.outlier.slow_start)) / 10,
                     })
                     .collect(),
             }

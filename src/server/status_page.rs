@@ -1,0 +1,478 @@
+//! `GET /status` on the admin listener: one HTML page that shows a running instance at a glance,
+//! as HAProxy's stats page does for its users: the configuration in force and the last reloads,
+//! listeners and connections, environments with their request rates and denials, app instances
+//! with health, ejection and slow start, certificates by days to expiry, session-ticket keys,
+//! and each environment's rules, pages and response headers.
+//!
+//! Rendered on the server with `maud`, whose templates escape every interpolated string, so that
+//! nothing configured or recorded (a header value, a page path, a reload error) can become
+//! markup; the response's Content-Security-Policy allows no script, frame or external resource
+//! besides, and the page has none: it reads the same without JavaScript. Request rates come from
+//! a sample of every environment's counters every [`RATE_SAMPLE_EVERY`], kept for a minute.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::Shared;
+use crate::headers::HeaderAction;
+use crate::live::Installed;
+use crate::metrics::{EnvironmentMetrics, RequestTotals};
+use crate::snapshot::summary::{CertificateSummary, unix_now};
+
+/// Reloads the page lists, newest first.
+pub const RELOADS_KEPT: usize = 10;
+/// How often every environment's counters are sampled for the request rates.
+pub const RATE_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// The rates are averaged over (at most) this long.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Certificates with fewer days left are highlighted: the alert in `conf/alerts.yml` fires then.
+pub const EXPIRING_DAYS: i64 = 14;
+/// Longer reload errors are cut (the audit log and `POST /reload` have them whole).
+const ERROR_SHOWN: usize = 2_000;
+
+/// What the page remembers between views: the last reloads and the counter samples.
+#[derive(Debug, Default)]
+pub struct StatusHistory {
+    reloads: Mutex<VecDeque<ReloadRecord>>,
+    samples: Mutex<VecDeque<RateSample>>,
+}
+
+/// One reload, as the page lists it.
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    /// Seconds since the Unix epoch.
+    pub at: i64,
+    pub trigger: &'static str,
+    /// The configuration installed (its SHA-256), or why it was refused.
+    pub outcome: Result<String, String>,
+}
+
+#[derive(Debug)]
+struct RateSample {
+    at: Instant,
+    totals: Vec<(Arc<EnvironmentMetrics>, RequestTotals)>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl StatusHistory {
+    /// Remember a reload (installed or refused).
+    pub fn reloaded(&self, record: ReloadRecord) {
+        let mut reloads = locked(&self.reloads);
+        if reloads.len() == RELOADS_KEPT {
+            reloads.pop_back();
+        }
+        reloads.push_front(record);
+    }
+
+    /// Sample every environment's counters (a few atomic reads each), dropping samples older
+    /// than the rate window.
+    pub fn sample(&self, installed: &Installed) {
+        let totals = (installed.environments().iter())
+            .map(|environment| (environment.live.metrics.clone(), environment.live.metrics.totals()))
+            .collect();
+        let now = Instant::now();
+        let mut samples = locked(&self.samples);
+        while samples
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.at) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+        samples.push_back(RateSample { at: now, totals });
+    }
+
+    /// The oldest sample in the window, by environment (its metrics), with its age.
+    fn rate_base(&self) -> Option<(Duration, HashMap<*const EnvironmentMetrics, RequestTotals>)> {
+        let samples = locked(&self.samples);
+        let oldest = samples.front()?;
+        let by_environment = (oldest.totals.iter())
+            .map(|(metrics, totals)| (Arc::as_ptr(metrics), *totals))
+            .collect();
+        Some((oldest.at.elapsed(), by_environment))
+    }
+}
+
+/// Sample the counters every [`RATE_SAMPLE_EVERY`] while the proxy lives.
+pub fn spawn_sampler(shared: &Arc<Shared>) {
+    let shared: Weak<Shared> = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(RATE_SAMPLE_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.status.sample(&shared.installed());
+        }
+    });
+}
+
+const STYLE: &str = "
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: .4em 0; } th, td { padding: .2em .7em; text-align: left; vertical-align: top; }
+thead th { background: #eee; } tbody tr:nth-child(even) { background: #f7f7f7; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+code { font-family: ui-monospace, monospace; word-break: break-all; }
+.good { color: #176117; } .bad { color: #a30000; font-weight: bold; } .warn { color: #8a5a00; font-weight: bold; }
+tr.expiring td { background: #fff1c2; } tr.expired td { background: #ffd6d6; }
+details { margin: .3em 0; } summary { cursor: pointer; }
+";
+
+/// The page, as of now.
+pub fn render(shared: &Shared) -> String {
+    let installed = shared.installed();
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "gatehouse status" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "gatehouse " (env!("CARGO_PKG_VERSION")) }
+                (overview(shared, &installed))
+                (reloads(shared))
+                (environments(shared, &installed))
+                (instances(shared))
+                (certificates(&installed))
+                (tickets(shared))
+                (settings(&installed))
+            }
+        }
+    };
+    page.into_string()
+}
+
+fn overview(shared: &Shared, installed: &Installed) -> Markup {
+    let snapshot = &installed.snapshot;
+    let (ready, drained) = (
+        shared.ready.load(Ordering::SeqCst),
+        shared.out_of_rotation.load(Ordering::SeqCst),
+    );
+    let listeners = shared.listeners();
+    let (https, http) = (listeners.https(), listeners.http());
+    drop(listeners);
+    let addresses = |addresses: &[std::net::SocketAddr]| {
+        let text: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        if text.is_empty() {
+            "none".to_owned()
+        } else {
+            text.join(", ")
+        }
+    };
+    html! {
+        table {
+            tbody {
+                tr { th { "state" } td {
+                    @match (ready, drained) {
+                        (true, false) => span.good { "ready: in rotation (/readyz 200)" },
+                        (true, true) => span.warn { "drained: out of rotation (/readyz 503), still serving" },
+                        (false, _) => span.bad { "not ready or stopping (/readyz 503)" },
+                    }
+                } }
+                tr { th { "configuration" } td { code { (snapshot.sha256) } " (SHA-256 of its files)" } }
+                tr { th { "generation" } td { (installed.generation) } }
+                tr { th { "main file" } td { code { (snapshot.summary.main_file.display()) } } }
+                tr { th { "https listeners" } td { (addresses(&https)) } }
+                tr { th { "http listeners" } td { (addresses(&http)) } }
+                tr { th { "admin listener" } td { (snapshot.settings.admin.map_or_else(|| "off".to_owned(), |admin| admin.to_string())) } }
+                tr { th { "open connections" } td { (shared.open_connections.load(Ordering::Relaxed)) } }
+                tr { th { "time" } td { (date_time(unix_now())) } }
+            }
+        }
+    }
+}
+
+fn reloads(shared: &Shared) -> Markup {
+    let reloads: Vec<ReloadRecord> = locked(&shared.status.reloads).iter().cloned().collect();
+    html! {
+        h2 { "Reloads (the last " (RELOADS_KEPT) ")" }
+        @if reloads.is_empty() {
+            p { "None since the start." }
+        } @else {
+            table {
+                thead { tr { th { "time" } th { "trigger" } th { "result" } th { "configuration or error" } } }
+                tbody {
+                    @for reload in &reloads {
+                        tr {
+                            td { (date_time(reload.at)) }
+                            td { (reload.trigger) }
+                            @match &reload.outcome {
+                                Ok(sha256) => {
+                                    td.good { "installed" }
+                                    td { code { (sha256) } }
+                                }
+                                Err(error) => {
+                                    td.bad { "refused, the running configuration stayed" }
+                                    td { code { (cut(error, ERROR_SHOWN)) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn environments(shared: &Shared, installed: &Installed) -> Markup {
+    let base = shared.status.rate_base();
+    let groups = crate::upstream::report(&shared.live.upstream_groups());
+    let instances: HashMap<&str, (usize, usize)> = (groups.iter())
+        .map(|group| {
+            let up = group.instances.iter().filter(|instance| instance.available).count();
+            (group.environment.as_str(), (up, group.instances.len()))
+        })
+        .collect();
+    let summaries = &installed.snapshot.summary.environments;
+    html! {
+        h2 { "Environments (" (summaries.len()) ")" }
+        table {
+            thead { tr {
+                th { "environment" } th { "domains" } th { "requests/s (last minute)" } th { "requests" }
+                th { "denied" } th { "would deny (report-only)" } th { "instances available" }
+            } }
+            tbody {
+                @for (environment, summary) in installed.environments().iter().zip(summaries.iter()) {
+                    @let totals = environment.live.metrics.totals();
+                    @let (up, all) = instances.get(&*environment.config.name).copied().unwrap_or_default();
+                    tr {
+                        td { (summary.name) }
+                        td { (summary.domains.join(", ")) }
+                        td.number { (rate(base.as_ref(), &environment.live.metrics, totals)) }
+                        td.number { (totals.requests) }
+                        td.number { (totals.denied) }
+                        td.number { (totals.would_deny) }
+                        td.number {
+                            @if up < all { span.bad { (up) " of " (all) } } @else { (up) " of " (all) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Requests per second since the oldest sample, or a dash without one old enough.
+fn rate(
+    base: Option<&(Duration, HashMap<*const EnvironmentMetrics, RequestTotals>)>,
+    metrics: &Arc<EnvironmentMetrics>,
+    now: RequestTotals,
+) -> String {
+    let Some((age, by_environment)) = base else {
+        return "-".to_owned();
+    };
+    if *age < Duration::from_secs(1) {
+        return "-".to_owned();
+    }
+    let before = by_environment
+        .get(&Arc::as_ptr(metrics))
+        .map_or(0, |totals| totals.requests);
+    format!("{:.1}", now.requests.saturating_sub(before) as f64 / age.as_secs_f64())
+}
+
+fn instances(shared: &Shared) -> Markup {
+    let groups = crate::upstream::report(&shared.live.upstream_groups());
+    html! {
+        h2 { "App instances" }
+        table {
+            thead { tr {
+                th { "environment" } th { "instance" } th { "upstreams entry" } th { "state" }
+                th { "health check" } th { "slow start" } th { "in flight" } th { "idle connections" }
+            } }
+            tbody {
+                @for group in &groups {
+                    @for instance in &group.instances {
+                        tr {
+                            td { (group.environment) }
+                            td { code { (instance.address) } }
+                            td { code { (instance.upstream) } }
+                            td {
+                                @if instance.ejected { span.bad { "ejected" } }
+                                @else if instance.available { span.good { "available" } }
+                                @else { span.bad { "unavailable" } }
+                            }
+                            td {
+                                @if instance.health_check_passing { "passing" } @else { span.bad { "failing" } }
+                            }
+                            td {
+                                @if instance.share_percent < 100 { span.warn { "warming up: " (instance.share_percent) "% of its share" } }
+                                @else { "-" }
+                            }
+                            td.number { (instance.requests_in_flight) }
+                            td.number { (instance.idle_connections) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn certificates(installed: &Installed) -> Markup {
+    let summary = &installed.snapshot.summary;
+    let now = unix_now();
+    let mut rows: Vec<(&str, &CertificateSummary)> = vec![("(platform)", &summary.platform_certificate)];
+    for environment in &summary.environments {
+        rows.extend(
+            environment
+                .certificates
+                .iter()
+                .map(|certificate| (environment.name.as_str(), certificate)),
+        );
+    }
+    rows.sort_by_key(|(_, certificate)| certificate.not_after);
+    html! {
+        h2 { "Certificates (soonest expiry first; highlighted under " (EXPIRING_DAYS) " days)" }
+        table {
+            thead { tr { th { "environment" } th { "file" } th { "subject" } th { "names" } th { "not after" } th { "days left" } } }
+            tbody {
+                @for (environment, certificate) in &rows {
+                    @let days = certificate.days_left(now);
+                    tr class=(if days < 0 { "expired" } else if days < EXPIRING_DAYS { "expiring" } else { "" }) {
+                        td { (environment) }
+                        td { code { (certificate.source) } }
+                        td { (certificate.subject) }
+                        td { (certificate.names.join(", ")) }
+                        td { (date_time(certificate.not_after)) }
+                        td.number { (days) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn tickets(shared: &Shared) -> Markup {
+    let file = shared.snapshot().settings.ticket_keys.clone();
+    let since = shared.live.shared_ticket_key_since();
+    html! {
+        h2 { "TLS session tickets" }
+        @match (file, since) {
+            (Some(file), Some(since)) => p {
+                "Shared keys from " code { (file.source) } "; the key that encrypts new tickets was installed "
+                (date_time(since)) " (" (age(unix_now() - since)) " ago)."
+            },
+            _ => p { "This process's own keys (no tls.ticket_keys), rotated by the TLS library; tickets resume only on this instance." },
+        }
+    }
+}
+
+fn settings(installed: &Installed) -> Markup {
+    let snapshot = &installed.snapshot;
+    html! {
+        h2 { "Environment settings" }
+        @for environment in snapshot.environments.iter() {
+            details {
+                summary { (environment.name) }
+                @let rules = sorted_rules(&environment.rules);
+                table {
+                    thead { tr { th { "path rule" } th { "profile" } } }
+                    tbody {
+                        @if rules.is_empty() { tr { td colspan="2" { "no rules: every path is open" } } }
+                        @for (prefix, profile) in &rules {
+                            tr { td { code { (prefix) } } td { (snapshot.profile_names.get(*profile).map_or("?", String::as_str)) } }
+                        }
+                    }
+                }
+                p {
+                    "403 page: " (environment.forbidden_page.as_ref().map_or("gatehouse's own", |page| page.source()))
+                    "; maintenance page: " (environment.maintenance_page.as_ref().map_or("gatehouse's own", |page| page.source()))
+                }
+                table {
+                    thead { tr { th { "response header" } th { "action" } th { "value" } } }
+                    tbody {
+                        @for (name, action) in environment.headers.actions() {
+                            tr {
+                                td { code { (name.as_str()) } }
+                                @match action {
+                                    HeaderAction::Set(value) => { td { "set" } td { code { (String::from_utf8_lossy(value.as_bytes())) } } }
+                                    HeaderAction::IfMissing(value) => { td { "set unless the app sent it" } td { code { (String::from_utf8_lossy(value.as_bytes())) } } }
+                                    HeaderAction::Remove => { td { "remove" } td { "-" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn sorted_rules(rules: &crate::access::rules::PathRules) -> Vec<(&str, usize)> {
+    let mut sorted: Vec<(&str, usize)> = rules.iter().collect();
+    sorted.sort_unstable();
+    sorted
+}
+
+fn date_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn age(seconds: i64) -> String {
+    match seconds {
+        ..120 => format!("{} s", seconds.max(0)),
+        120..7_200 => format!("{} min", seconds / 60),
+        7_200..172_800 => format!("{} h", seconds / 3_600),
+        _ => format!("{} days", seconds / 86_400),
+    }
+}
+
+fn cut(text: &str, at: usize) -> String {
+    match text.char_indices().nth(at) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_requests_since_the_oldest_sample_per_second() {
+        let metrics = crate::metrics::Metrics::new().unwrap_or_else(|err| panic!("{err}"));
+        let (shop, blog) = (metrics.environment("shop"), metrics.environment("blog"));
+        let requests = |requests| RequestTotals {
+            requests,
+            ..RequestTotals::default()
+        };
+        let base = (
+            Duration::from_secs(10),
+            HashMap::from([(Arc::as_ptr(&shop), requests(5))]),
+        );
+        assert_eq!(rate(Some(&base), &shop, requests(30)), "2.5");
+        // An environment that the oldest sample did not know counts from nothing.
+        assert_eq!(rate(Some(&base), &blog, requests(10)), "1.0");
+        assert_eq!(rate(None, &shop, requests(30)), "-");
+        let fresh = (Duration::from_millis(200), HashMap::new());
+        assert_eq!(rate(Some(&fresh), &shop, requests(30)), "-", "too soon to tell");
+    }
+
+    #[test]
+    fn ages_read_in_the_unit_that_fits() {
+        assert_eq!(age(59), "59 s");
+        assert_eq!(age(600), "10 min");
+        assert_eq!(age(3 * 86_400), "3 days");
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("ééé", 2), "éé...");
+        assert_eq!(cut("short", 10), "short");
+    }
+}
