@@ -349,13 +349,14 @@ pub struct EnvironmentFile {
     /// Keep-alive pool limits; default: the main file's `[upstream]` values.
     #[serde(default)]
     pub pool: PoolSection,
-    /// Active health checks; none by default.
-    pub health_check: Option<HealthCheckSection>,
+    /// Active health checks; none by default. (This and the other optional sections are boxed:
+    /// a reload keeps every environment's parsed file, and most environments have none.)
+    pub health_check: Option<Box<HealthCheckSection>>,
     /// Passive detection: ejecting instances that keep failing.
     #[serde(default)]
     pub outlier_detection: OutlierSection,
     /// TLS to the instances; plain HTTP by default.
-    pub upstream_tls: Option<UpstreamTlsSection>,
+    pub upstream_tls: Option<Box<UpstreamTlsSection>>,
     /// Custom-domain certificates; each serves the environment's domains it covers.
     #[serde(default)]
     pub certificates: Vec<CertificateEntry>,
@@ -369,7 +370,7 @@ pub struct EnvironmentFile {
     #[serde(default = "default_max_request_body")]
     pub max_request_body: ConfigSize,
     /// Per-client rate limit; none by default.
-    pub rate_limit: Option<RateLimitSection>,
+    pub rate_limit: Option<Box<RateLimitSection>>,
     /// Which of the environment's requests get an access log line.
     #[serde(default)]
     pub access_log: AccessLogSection,

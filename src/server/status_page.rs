@@ -51,10 +51,17 @@ pub struct ReloadRecord {
     pub outcome: Result<String, String>,
 }
 
+/// Every environment's request count at one moment, by the address of its metrics: those live
+/// as long as the process (counters continue across reloads), so an address names one
+/// environment. 16 bytes an environment, at most 7 samples.
 #[derive(Debug)]
 struct RateSample {
     at: Instant,
-    totals: Vec<(Arc<EnvironmentMetrics>, RequestTotals)>,
+    requests: Vec<(usize, u64)>,
+}
+
+fn identity(metrics: &Arc<EnvironmentMetrics>) -> usize {
+    Arc::as_ptr(metrics) as usize
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,8 +81,11 @@ impl StatusHistory {
     /// Sample every environment's counters (a few atomic reads each), dropping samples older
     /// than the rate window.
     pub fn sample(&self, installed: &Installed) {
-        let totals = (installed.environments().iter())
-            .map(|environment| (environment.live.metrics.clone(), environment.live.metrics.totals()))
+        let requests = (installed.environments().iter())
+            .map(|environment| {
+                let metrics = &environment.live.metrics;
+                (identity(metrics), metrics.totals().requests)
+            })
             .collect();
         let now = Instant::now();
         let mut samples = locked(&self.samples);
@@ -85,17 +95,14 @@ impl StatusHistory {
         {
             samples.pop_front();
         }
-        samples.push_back(RateSample { at: now, totals });
+        samples.push_back(RateSample { at: now, requests });
     }
 
-    /// The oldest sample in the window, by environment (its metrics), with its age.
-    fn rate_base(&self) -> Option<(Duration, HashMap<*const EnvironmentMetrics, RequestTotals>)> {
+    /// The oldest sample in the window, by environment, with its age.
+    fn rate_base(&self) -> Option<RateBase> {
         let samples = locked(&self.samples);
         let oldest = samples.front()?;
-        let by_environment = (oldest.totals.iter())
-            .map(|(metrics, totals)| (Arc::as_ptr(metrics), *totals))
-            .collect();
-        Some((oldest.at.elapsed(), by_environment))
+        Some((oldest.at.elapsed(), oldest.requests.iter().copied().collect()))
     }
 }
 
@@ -264,21 +271,18 @@ fn environments(shared: &Shared, installed: &Installed) -> Markup {
     }
 }
 
+/// The oldest sample's age and request counts, by environment (see [`RateSample`]).
+type RateBase = (Duration, HashMap<usize, u64>);
+
 /// Requests per second since the oldest sample, or a dash without one old enough.
-fn rate(
-    base: Option<&(Duration, HashMap<*const EnvironmentMetrics, RequestTotals>)>,
-    metrics: &Arc<EnvironmentMetrics>,
-    now: RequestTotals,
-) -> String {
+fn rate(base: Option<&RateBase>, metrics: &Arc<EnvironmentMetrics>, now: RequestTotals) -> String {
     let Some((age, by_environment)) = base else {
         return "-".to_owned();
     };
     if *age < Duration::from_secs(1) {
         return "-".to_owned();
     }
-    let before = by_environment
-        .get(&Arc::as_ptr(metrics))
-        .map_or(0, |totals| totals.requests);
+    let before = by_environment.get(&identity(metrics)).copied().unwrap_or(0);
     format!("{:.1}", now.requests.saturating_sub(before) as f64 / age.as_secs_f64())
 }
 
@@ -451,10 +455,7 @@ mod tests {
             requests,
             ..RequestTotals::default()
         };
-        let base = (
-            Duration::from_secs(10),
-            HashMap::from([(Arc::as_ptr(&shop), requests(5))]),
-        );
+        let base = (Duration::from_secs(10), HashMap::from([(identity(&shop), 5)]));
         assert_eq!(rate(Some(&base), &shop, requests(30)), "2.5");
         // An environment that the oldest sample did not know counts from nothing.
         assert_eq!(rate(Some(&base), &blog, requests(10)), "1.0");

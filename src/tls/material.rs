@@ -52,7 +52,8 @@ impl CertificateFacts {
 #[derive(Debug, Clone)]
 pub struct ServingCertificate {
     pub certified: Arc<CertifiedKey>,
-    pub facts: CertificateFacts,
+    /// Shared by the copies that the snapshot, its summary and the reload caches hold.
+    pub facts: Arc<CertificateFacts>,
     /// Identifies the leaf certificate; equal across reloads when the file is unchanged.
     pub fingerprint: u64,
 }
@@ -83,7 +84,7 @@ impl ServingCertificate {
         })?;
         Ok(Self {
             certified: Arc::new(certified),
-            facts,
+            facts: Arc::new(facts),
             fingerprint,
         })
     }
