@@ -279,6 +279,8 @@ async fn serve(snapshot: Snapshot, cache: LoadCache, config: &Path) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
+    // Pairing the snapshot with its live state frees what it built on the way, as a load does.
+    crate::memory::return_freed();
     let _watcher = match proxy.snapshot().settings.watch_files {
         true => crate::watch::spawn(proxy.shared(), config.to_path_buf())
             .map_err(|err| tracing::warn!(error = %err, "cannot watch configuration files; reload with SIGHUP"))

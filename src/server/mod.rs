@@ -193,6 +193,23 @@ impl Shared {
     }
 }
 
+/// Close idle pooled connections to the apps for every environment, from one task (see
+/// [`crate::upstream::reap_idle`]), while the proxy lives.
+fn spawn_idle_reaper(shared: &Arc<Shared>) {
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(crate::upstream::REAP_TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            crate::upstream::reap_idle(&shared.live.upstream_groups());
+        }
+    });
+}
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -266,6 +283,7 @@ impl Proxy {
             status: status_page::StatusHistory::default(),
         });
         status_page::spawn_sampler(&shared);
+        spawn_idle_reaper(&shared);
         shared.listeners().commit(prepared, &settings, &shared);
         let admin_addr = admin.as_ref().and_then(|socket| socket.local_addr().ok());
         let admin_tasks = admin

@@ -30,6 +30,7 @@ use rustls::pki_types::ServerName;
 
 pub use body::{BodyTimedOut, Deadlines, UpstreamBody};
 pub use connect::client_configs;
+pub use health::{REAP_TICK, reap_idle};
 pub use instance::Instance;
 use instance::{Outcome, millis};
 use spec::{LoadBalancing, ResolvedUpstream, Target, UpstreamSpec};
@@ -48,6 +49,8 @@ pub struct UpstreamGroup {
     instances: ArcSwap<Vec<Arc<Instance>>>,
     next: AtomicUsize,
     epoch: Instant,
+    /// When [`health::reap_idle`] next closes this group's idle connections (ms since `epoch`).
+    next_reap: std::sync::atomic::AtomicU64,
     metrics: Arc<EnvironmentMetrics>,
     connections: UpstreamConnections,
 }
@@ -73,6 +76,7 @@ impl UpstreamGroup {
             instances: ArcSwap::from_pointee(instances),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
+            next_reap: std::sync::atomic::AtomicU64::new(0),
             metrics,
             connections,
         }
