@@ -528,3 +528,46 @@ async fn devices_named_as_configuration_files_are_refused_not_read() {
     assert!(!errors.is_empty());
     assert_eq!(running.get("shop.apps.test", "/").await.status, StatusCode::OK);
 }
+
+/// The watcher follows every file an environment names, in whatever folder: here a maintenance
+/// page kept beside the site's other pages, outside the environment folder.
+#[tokio::test]
+async fn a_changed_maintenance_page_in_its_own_folder_is_reloaded_by_the_watcher() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("app").await;
+    fixture.main_config("[reload]\nwatch_debounce = \"100ms\"\n");
+    std::fs::create_dir_all(fixture.path("pages")).unwrap();
+    fixture.write("pages/maintenance.html", "<h1>Back soon</h1>\n");
+    let extra = "maintenance_page = \"../pages/maintenance.html\"\n\
+                 [health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_threshold = 1\n";
+    fixture.environment(
+        "shop",
+        &environment_toml("shop", &["shop.apps.test"], &[app.addr], extra),
+    );
+    let running = fixture.start().await;
+    let _watcher = gatehouse::watch::spawn(running.proxy().shared(), fixture.path("gatehouse.toml")).unwrap();
+    app.set_healthy(false);
+    let page_is = |expected: &'static str| {
+        let running = &running;
+        async move {
+            for _ in 0..100 {
+                let answer = running.get("shop.apps.test", "/").await;
+                if answer.status == StatusCode::SERVICE_UNAVAILABLE && answer.text() == expected {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        page_is("<h1>Back soon</h1>\n").await,
+        "the maintenance page was not served"
+    );
+
+    fixture.write("pages/maintenance.html", "<h1>Back at five</h1>\n");
+    assert!(
+        page_is("<h1>Back at five</h1>\n").await,
+        "the changed maintenance page was not reloaded"
+    );
+}

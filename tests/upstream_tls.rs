@@ -234,3 +234,33 @@ fn a_client_certificate_without_its_key_is_a_config_error() {
     assert!(errors.contains("shop.toml:6: key `upstream_tls`"), "{errors}");
     assert!(errors.contains("both `certificate` and `key`"), "{errors}");
 }
+
+/// The watcher follows the upstream CA file (and the client certificate and key) like the
+/// environment's other files: an operator who puts the right CA in place needs no signal.
+#[tokio::test]
+async fn a_corrected_upstream_ca_file_is_reloaded_by_the_watcher() {
+    let tls = AppTls::new();
+    let app = Upstream::start_tls("app", tls.server(&[b"http/1.1"], false)).await;
+    std::fs::create_dir_all(tls.fixture.path("upstream")).unwrap();
+    // The wrong CA first: the instance's certificate is refused.
+    let other = std::fs::read_to_string(tls.fixture.path("other-ca.pem")).unwrap();
+    tls.fixture.write("upstream/ca.pem", &other);
+    tls.fixture.main_config("[reload]\nwatch_debounce = \"100ms\"\n");
+    let extra = "[upstream_tls]\nca = \"../upstream/ca.pem\"\nserver_name = \"app.internal\"\n";
+    tls.fixture
+        .environment("shop", &environment_toml("shop", &[HOST], &[app.addr], extra));
+    let running = tls.fixture.start().await;
+    let _watcher = gatehouse::watch::spawn(running.proxy().shared(), tls.fixture.path("gatehouse.toml")).unwrap();
+    assert_eq!(running.get(HOST, "/").await.status, StatusCode::BAD_GATEWAY);
+
+    tls.fixture.write("upstream/ca.pem", &tls.app_ca.pem);
+    let mut status = StatusCode::BAD_GATEWAY;
+    for _ in 0..100 {
+        status = running.get(HOST, "/").await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "the corrected CA file was not reloaded");
+}

@@ -91,11 +91,14 @@ impl LoadedConfig {
                 files.push(environment.resolve(entry.certificate.get_ref()));
                 files.push(environment.resolve(entry.key.get_ref()));
             }
+            let file = &environment.value;
+            let upstream_tls = file.upstream_tls.as_deref();
             files.extend(
-                environment
-                    .value
-                    .forbidden_page
-                    .iter()
+                (file.forbidden_page.iter())
+                    .chain(&file.maintenance_page)
+                    .chain(upstream_tls.map(|tls| &tls.ca))
+                    .chain(upstream_tls.and_then(|tls| tls.certificate.as_ref()))
+                    .chain(upstream_tls.and_then(|tls| tls.key.as_ref()))
                     .map(|p| environment.resolve(p.get_ref())),
             );
         }
