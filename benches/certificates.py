@@ -20,10 +20,14 @@ configure many TLS hosts. Measured for both, in one run on this machine:
   custom name (10% of them RSA), per proxy CPU-second, after one pass over all names; the same
   against a 10-environment configuration with the same 9:1 ECDSA:RSA mix. The client
   (`examples/handshake_load.rs`, rustls, 64 connections at once) runs on core 1, the proxy on
-  core 0.
+  core 0. Both configurations run at once (the 10,000 one as the reloads above left it) and
+  are measured in alternating rounds, first one then the other; each round gives a ratio, and
+  the median ratio is reported with its range. Measured one after the other, minutes apart,
+  the ratio moved by up to 7% between runs on this shared machine: drift of the host, not of
+  the proxy, that alternating rounds cancel.
 
 Run (needs nginx from Debian's nginx package and Python's cryptography):
-    python3 benches/certificates.py                   # about 5 minutes, certificates cached in build/
+    python3 benches/certificates.py                   # about 13 minutes, certificates cached in build/
     python3 benches/certificates.py --only gatehouse  # without nginx
     python3 benches/certificates.py --baseline /tmp/gatehouse-old  # and an earlier build, same run
 """
@@ -49,6 +53,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, "build", "certificates-bench")
 ENVIRONMENTS = 10_000
 HTTPS_PORT, ADMIN_PORT, NGINX_PORT = 9543, 9902, 9544
+# The 10-environment configurations, running beside the 10,000 ones.
+FEW_HTTPS_PORT, FEW_ADMIN_PORT, FEW_NGINX_PORT = 9553, 9912, 9554
+HANDSHAKE_ROUNDS = 12
 PROXY_CORE, LOAD_CORE = "0", "1"
 
 
@@ -156,7 +163,7 @@ def certificates():
 
 # ---------------------------------------------------------------- configurations
 
-def gatehouse_config(work, count):
+def gatehouse_config(work, count, https_port=HTTPS_PORT, admin_port=ADMIN_PORT):
     """A gatehouse configuration of `count` environments in `work`, sharing the cached files."""
     os.makedirs(os.path.join(work, "env"), exist_ok=True)
     certs = os.path.join(work, "certs")
@@ -173,8 +180,8 @@ def gatehouse_config(work, count):
     with open(os.path.join(work, "gatehouse.toml"), "w") as f:
         f.write(f"""environments = "env/*.toml"
 [listen]
-https = ["127.0.0.1:{HTTPS_PORT}"]
-admin = "127.0.0.1:{ADMIN_PORT}"
+https = ["127.0.0.1:{https_port}"]
+admin = "127.0.0.1:{admin_port}"
 [tls]
 certificate = "platform.pem"
 key = "platform.key"
@@ -198,7 +205,7 @@ def write_environment(work, index, comment=""):
                 f'[[certificates]]\ncertificate = "../certs/c{index}.pem"\nkey = "../certs/c{index}.key"\n')
 
 
-def nginx_config(work, count):
+def nginx_config(work, count, port=NGINX_PORT):
     certs = os.path.join(work, "certs")
     lines = [
         "worker_processes 1;", f"pid {work}/nginx.pid;", f"error_log {work}/nginx-error.log;",
@@ -208,13 +215,13 @@ def nginx_config(work, count):
         f"client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;",
         f"uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;",
         "server {",
-        f"  listen 127.0.0.1:{NGINX_PORT} ssl default_server;", "  server_name *.apps.bench;",
+        f"  listen 127.0.0.1:{port} ssl default_server;", "  server_name *.apps.bench;",
         f"  ssl_certificate {work}/platform.pem;", f"  ssl_certificate_key {work}/platform.key;",
         "  location / { proxy_pass http://127.0.0.1:9100; }", "}",
     ]
     for index in range(count):
         lines += [
-            "server {", f"  listen 127.0.0.1:{NGINX_PORT} ssl;",
+            "server {", f"  listen 127.0.0.1:{port} ssl;",
             f"  server_name e{index}.apps.bench {custom_name(index)};",
             f"  ssl_certificate {certs}/c{index}.pem;", f"  ssl_certificate_key {certs}/c{index}.key;",
             "  location / { proxy_pass http://127.0.0.1:9100; }", "}",
@@ -258,8 +265,8 @@ def wait_until(predicate, timeout=60.0):
     raise RuntimeError("timed out waiting")
 
 
-def readyz():
-    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/readyz", timeout=2) as answer:
+def readyz(admin_port=ADMIN_PORT):
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2) as answer:
         return answer.status == 200
 
 
@@ -273,32 +280,56 @@ def reload_gatehouse():
     return time.monotonic() - started
 
 
-def handshake_rate(pid, port, count, seconds, work):
-    """Full handshakes per proxy CPU-second, cycling over the custom names of `count` environments
-    in a scattered order, from `examples/handshake_load.rs` (64 connections at once, enough to
-    keep the proxy's core busy). One pass over every name first: the first handshake with each
-    key costs more (the crypto library prepares each key on first use), and a running proxy is
-    measured in its steady state."""
-    order = [custom_name((i * 7919) % count) for i in range(count)]
-    names = os.path.join(work, f"names-{count}")
-    with open(names, "w") as f:
-        f.write("\n".join(order) + "\n")
-    client = os.path.join(release_dir(), "examples", "handshake_load")
+class HandshakeLoad:
+    """Full handshakes against one proxy, cycling over the custom names of `count` environments in
+    a scattered order, from `examples/handshake_load.rs` (64 connections at once, enough to keep
+    the proxy's core busy)."""
 
-    def load(length, connections):
-        out = subprocess.run(["taskset", "-c", LOAD_CORE, client, f"127.0.0.1:{port}", names, str(length),
-                              str(connections)], check=True, capture_output=True, text=True).stdout
+    def __init__(self, pid, port, count, work):
+        self.pid, self.port = pid, port
+        order = [custom_name((i * 7919) % count) for i in range(count)]
+        self.names = os.path.join(work, f"names-{count}")
+        with open(self.names, "w") as f:
+            f.write("\n".join(order) + "\n")
+        # One pass over every name first: the first handshake with each key costs more (the
+        # crypto library prepares each key on first use), and a running proxy is measured in its
+        # steady state.
+        self.run(max(1.0, count / 2000))
+
+    def run(self, seconds):
+        client = os.path.join(release_dir(), "examples", "handshake_load")
+        out = subprocess.run(["taskset", "-c", LOAD_CORE, client, f"127.0.0.1:{self.port}", self.names,
+                              str(seconds), "64"], check=True, capture_output=True, text=True).stdout
         done, failed = (int(word) for word in out.split() if word.isdigit())
         if failed:
             raise RuntimeError(f"{failed} handshakes failed")
         return done
 
-    warm_up = max(1.0, count / 2000)
-    load(warm_up, 64)
-    before = cpu_seconds(pid)
-    done = load(seconds, 64)
-    cpu = cpu_seconds(pid) - before
-    return done / cpu if cpu > 0 else float("nan")
+    def rate(self, seconds):
+        """Handshakes per proxy CPU-second over `seconds` of load."""
+        before = cpu_seconds(self.pid)
+        done = self.run(seconds)
+        cpu = cpu_seconds(self.pid) - before
+        return done / cpu if cpu > 0 else float("nan")
+
+
+def handshake_rates(many, few, seconds, figures):
+    """The handshake rates of two running proxies (10,000 and 10 environments) in alternating
+    rounds of `seconds` each, which proxy goes first alternating too; the median rate of each and
+    the median and range of the per-round ratios go into `figures`."""
+    rates_many, rates_few, ratios = [], [], []
+    for round_number in range(HANDSHAKE_ROUNDS):
+        pair = (many, few) if round_number % 2 == 0 else (few, many)
+        measured = {id(load): load.rate(seconds) for load in pair}
+        rates_many.append(measured[id(many)])
+        rates_few.append(measured[id(few)])
+        ratios.append(rates_many[-1] / rates_few[-1])
+        print(f"  handshake round {round_number}: {rates_many[-1]:,.0f} / {rates_few[-1]:,.0f} = {ratios[-1]:.3f}",
+              flush=True)
+    figures["handshakes_10000"] = statistics.median(rates_many)
+    figures["handshakes_10"] = statistics.median(rates_few)
+    figures["handshake_ratio"] = statistics.median(ratios)
+    figures["handshake_ratio_range"] = [min(ratios), max(ratios)]
 
 
 def release_dir():
@@ -311,9 +342,10 @@ def release_dir():
 # ---------------------------------------------------------------- the proxies
 
 class Gatehouse:
-    def __init__(self, binary, work, count):
+    def __init__(self, binary, work, count, https_port=HTTPS_PORT, admin_port=ADMIN_PORT):
         self.binary, self.work, self.count = binary, work, count
-        self.config = gatehouse_config(work, count)
+        self.https_port, self.admin_port = https_port, admin_port
+        self.config = gatehouse_config(work, count, https_port, admin_port)
         self.process = None
 
     def check(self):
@@ -326,7 +358,7 @@ class Gatehouse:
         self.log = open(os.path.join(self.work, "gatehouse.log"), "w")
         self.process = subprocess.Popen(["taskset", "-c", PROXY_CORE, self.binary, "run", "--config", self.config],
                                         stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(readyz)
+        wait_until(lambda: readyz(self.admin_port))
         return time.monotonic() - started
 
     @property
@@ -341,9 +373,9 @@ class Gatehouse:
 
 
 class Nginx:
-    def __init__(self, work, count):
-        self.work, self.count = work, count
-        self.config = nginx_config(work, count)
+    def __init__(self, work, count, port=NGINX_PORT):
+        self.work, self.count, self.port = work, count, port
+        self.config = nginx_config(work, count, port)
         self.process = None
 
     def check(self):
@@ -357,7 +389,7 @@ class Nginx:
         self.process = subprocess.Popen(["taskset", "-c", PROXY_CORE, "nginx", "-c", self.config,
                                          "-e", f"{self.work}/nginx-error.log", "-g", "daemon off;"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: handshake(NGINX_PORT, custom_name(0)) is not None)
+        wait_until(lambda: handshake(self.port, custom_name(0)) is not None)
         return time.monotonic() - started
 
     @property
@@ -373,7 +405,7 @@ class Nginx:
         self.process.send_signal(signal.SIGHUP)
         # Done when no old worker is left and a new one serves.
         wait_until(lambda: not (self.workers() & old) and self.workers(), timeout=120)
-        wait_until(lambda: handshake(NGINX_PORT, custom_name(1)) is not None)
+        wait_until(lambda: handshake(self.port, custom_name(1)) is not None)
         return time.monotonic() - started
 
     def stop(self):
@@ -428,21 +460,21 @@ def measure_gatehouse(binary, work, seconds):
             cli.append(time.monotonic() - started)
         figures["reload_cli_one_file"] = statistics.median(cli)
         full = []
-        for _ in range(2):
+        for _ in range(3):
             touch_all(many.work, ENVIRONMENTS)
             full.append(reload_gatehouse())
         figures["reload_full"] = statistics.median(full)
         time.sleep(1)
         figures["rss_after_reloads"] = rss_mib(many.pid)
-        figures["handshakes_10000"] = handshake_rate(many.pid, HTTPS_PORT, ENVIRONMENTS, seconds, work)
+        few = Gatehouse(binary, os.path.join(work, "g10"), 10, FEW_HTTPS_PORT, FEW_ADMIN_PORT)
+        few.start()
+        try:
+            handshake_rates(HandshakeLoad(many.pid, HTTPS_PORT, ENVIRONMENTS, work),
+                            HandshakeLoad(few.pid, FEW_HTTPS_PORT, 10, work), seconds, figures)
+        finally:
+            few.stop()
     finally:
         many.stop()
-    few = Gatehouse(binary, os.path.join(work, "g10"), 10)
-    few.start()
-    try:
-        figures["handshakes_10"] = handshake_rate(few.pid, HTTPS_PORT, 10, seconds, work)
-    finally:
-        few.stop()
     return figures
 
 
@@ -465,22 +497,22 @@ def measure_nginx(work, seconds):
         figures["reload_full"] = many.reload()
         time.sleep(1)
         figures["rss_after_reloads"] = rss_mib(many.pid)
-        figures["handshakes_10000"] = handshake_rate(many.pid, NGINX_PORT, ENVIRONMENTS, seconds, work)
+        os.makedirs(os.path.join(work, "n10", "certs"))
+        for index in range(10):
+            for suffix in ("pem", "key"):
+                shutil.copyfile(os.path.join(CACHE, "certs", f"c{index}.{suffix}"),
+                                os.path.join(work, "n10", "certs", f"c{index}.{suffix}"))
+        for name in ("platform.pem", "platform.key"):
+            shutil.copyfile(os.path.join(CACHE, name), os.path.join(work, "n10", name))
+        few = Nginx(os.path.join(work, "n10"), 10, FEW_NGINX_PORT)
+        few.start()
+        try:
+            handshake_rates(HandshakeLoad(many.pid, NGINX_PORT, ENVIRONMENTS, work),
+                            HandshakeLoad(few.pid, FEW_NGINX_PORT, 10, work), seconds, figures)
+        finally:
+            few.stop()
     finally:
         many.stop()
-    os.makedirs(os.path.join(work, "n10", "certs"))
-    for index in range(10):
-        for suffix in ("pem", "key"):
-            shutil.copyfile(os.path.join(CACHE, "certs", f"c{index}.{suffix}"),
-                            os.path.join(work, "n10", "certs", f"c{index}.{suffix}"))
-    for name in ("platform.pem", "platform.key"):
-        shutil.copyfile(os.path.join(CACHE, name), os.path.join(work, "n10", name))
-    few = Nginx(os.path.join(work, "n10"), 10)
-    few.start()
-    try:
-        figures["handshakes_10"] = handshake_rate(few.pid, NGINX_PORT, 10, seconds, work)
-    finally:
-        few.stop()
     return figures
 
 
@@ -509,7 +541,9 @@ def report(results):
         print(f"| {label} | " + " | ".join(cells) + " |")
     for name in names:
         r = results[name]
-        print(f"{name}: handshakes 10,000 / 10 = {r['handshakes_10000'] / r['handshakes_10']:.3f}")
+        low, high = r["handshake_ratio_range"]
+        print(f"{name}: handshakes 10,000 / 10 = {r['handshake_ratio']:.3f} (median of {HANDSHAKE_ROUNDS} "
+              f"alternating rounds; rounds {low:.3f} to {high:.3f})")
 
 
 def build():
@@ -522,7 +556,8 @@ def main():
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "gatehouse"))
     parser.add_argument("--only", choices=["gatehouse", "nginx"])
     parser.add_argument("--baseline", help="an earlier gatehouse build, measured in the same run")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each handshake run")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help=f"length of each handshake round ({HANDSHAKE_ROUNDS} rounds per configuration)")
     args = parser.parse_args()
     build()
     certificates()

@@ -13,9 +13,10 @@ use super::Shared;
 use http::HeaderValue;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 
+use crate::access::profile::ClientCa;
 use crate::connection::{ClientCertificate, ConnectionInfo};
 use crate::metrics::{ConnectionLimit, HandshakeCounters, HandshakeFailure};
-use crate::tls::policy::TlsPolicy;
+use crate::tls::policy::PolicyKey;
 
 /// Serve one accepted connection: admission, PROXY header, TLS handshake, then HTTP.
 ///
@@ -75,7 +76,7 @@ async fn establish(
     client: SocketAddr,
     deadline: tokio::time::Instant,
 ) -> Option<(ClientTls, Arc<ConnectionInfo>, bool)> {
-    let (tls, policy, handshakes) = match tokio::time::timeout_at(deadline, handshake(shared, stream)).await {
+    let (tls, chosen, handshakes) = match tokio::time::timeout_at(deadline, handshake(shared, stream)).await {
         Ok(Ok(done)) => done,
         Ok(Err(err)) => {
             handshake_failed(shared, peer, &err);
@@ -96,13 +97,13 @@ async fn establish(
     let client_certificate = session
         .peer_certificates()
         .filter(|chain| !chain.is_empty())
-        .map(|chain| ClientCertificate::new(chain.to_vec(), &policy.client_cas));
+        .map(|chain| ClientCertificate::new(chain.to_vec(), &chosen.client_cas));
     let connection = Arc::new(ConnectionInfo {
         client,
         client_ip: ip_header(client),
-        policy: policy.key,
+        policy: chosen.key,
         sni: session.server_name().and_then(|name| HeaderValue::try_from(name).ok()),
-        asks_for_certificate: !policy.client_cas.is_empty(),
+        asks_for_certificate: !chosen.client_cas.is_empty(),
         tls_protocol: protocol_header(session.protocol_version()),
         tls_cipher: cipher_header(session.negotiated_cipher_suite()),
         client_certificate,
@@ -123,14 +124,21 @@ fn handshake_timed_out(shared: &Shared, peer: SocketAddr) {
     shared.metrics.handshake_failed(HandshakeFailure::Timeout);
 }
 
+/// What a connection keeps of the TLS policy its SNI chose: only these, not the whole policy,
+/// so that each handshake touches as little of 10,000 policies' memory as it can.
+struct ChosenPolicy {
+    key: PolicyKey,
+    client_cas: Arc<[Arc<ClientCa>]>,
+}
+
 /// The handshake under the policy that the ClientHello's SNI chooses, with that policy's
 /// handshake counters.
 async fn handshake(
     shared: &Shared,
     stream: TcpStream,
-) -> std::io::Result<(TlsStream<TcpStream>, TlsPolicy, Arc<HandshakeCounters>)> {
+) -> std::io::Result<(TlsStream<TcpStream>, ChosenPolicy, Arc<HandshakeCounters>)> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let (policy, handshakes, config) = {
+    let (chosen, handshakes, config) = {
         let installed = shared.installed();
         let index = installed
             .snapshot
@@ -138,14 +146,18 @@ async fn handshake(
         let policy = index
             .and_then(|index| installed.snapshot.policies.get(index))
             .unwrap_or(&installed.snapshot.platform_policy);
+        let chosen = ChosenPolicy {
+            key: policy.key,
+            client_cas: policy.client_cas.clone(),
+        };
         (
-            policy.clone(),
+            chosen,
             installed.handshake_counters(index).clone(),
             installed.tls_config(index).clone(),
         )
     };
     let tls = start.into_stream(config).await?;
-    Ok((tls, policy, handshakes))
+    Ok((tls, chosen, handshakes))
 }
 
 /// Sort a failed handshake into the reasons operators alert on.
