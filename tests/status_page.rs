@@ -155,3 +155,102 @@ async fn the_status_page_shows_the_instance_and_every_configured_string_as_text(
         "the platform certificate (a year) is not highlighted"
     );
 }
+
+/// The `<td>` cells of the environments table's first row.
+fn first_environment_row(page: &str) -> &str {
+    let table = &page[page
+        .find("<h2>Environments")
+        .unwrap_or_else(|| panic!("no environments: {page}"))..];
+    let body = &table[table.find("<tbody>").unwrap_or(0)..];
+    &body[..body.find("</tr>").unwrap_or(body.len())]
+}
+
+/// At 10,000 environments the whole page would be megabytes: it lists 200, those with instances
+/// down first, then the busiest, and `?environment=` narrows every section by name or domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_lists_at_most_200_environments_and_filters_them_by_name_or_domain() {
+    let fixture = Fixture::new();
+    let app = Upstream::start("app").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    fixture.main_config("");
+    for index in 0..205 {
+        let name = format!("e{index:03}");
+        let domain = format!("{name}.apps.test");
+        let toml = match index {
+            // Late in the configuration's order, and idle: listed first because its only
+            // instance is down.
+            203 => environment_toml(
+                &name,
+                &[&domain],
+                &[closed],
+                "[health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_threshold = 1\n",
+            ),
+            _ => environment_toml(&name, &[&domain], &[app.addr], ""),
+        };
+        fixture.environment(&name, &toml);
+    }
+    let running = fixture.start().await;
+    // The last environment is the busiest.
+    for _ in 0..3 {
+        assert_eq!(running.get("e204.apps.test", "/").await.status, 200);
+    }
+
+    let started = Instant::now();
+    let page = loop {
+        let page = admin_get(&running, "/status").await.text();
+        if first_environment_row(&page).contains("<td>e203</td>") || started.elapsed() > WAIT {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first = first_environment_row(&page);
+    assert!(
+        first.contains("<td>e203</td>") && first.contains("0 of 1"),
+        "down first: {first}"
+    );
+    assert!(
+        page.contains("Showing 200 of the 205 environments configured"),
+        "{page}"
+    );
+    assert_eq!(page.matches("<details>").count(), 200, "settings of the 200 listed");
+    assert!(page.contains("<td>e204</td>"), "the busiest is listed");
+    assert!(page.contains("<td>e000</td>"), "then the configuration's order");
+    assert!(
+        !page.contains("<td>e202</td>"),
+        "idle ones late in the order are left out"
+    );
+    assert!(
+        page.contains("<td>(platform)</td>"),
+        "certificates: the platform one too"
+    );
+
+    // By name, ASCII case ignored: e200 to e204, every section narrowed.
+    let narrowed = admin_get(&running, "/status?environment=E20").await.text();
+    assert!(!narrowed.contains("Showing"), "all five are listed: {narrowed}");
+    for name in ["e200", "e201", "e202", "e203", "e204"] {
+        assert!(
+            narrowed.contains(&format!("<summary>{name}</summary>")),
+            "{name}: {narrowed}"
+        );
+    }
+    assert_eq!(narrowed.matches("<details>").count(), 5);
+    assert!(!narrowed.contains("<td>e000</td>"), "{narrowed}");
+    // The instance tables: address and upstreams entry, for e200, e201, e202 and e204 (e203's
+    // instance is another address).
+    let instance_cell = format!("<td><code>{}</code></td>", app.addr);
+    assert_eq!(
+        narrowed.matches(&instance_cell).count(),
+        8,
+        "instances of the five only: {narrowed}"
+    );
+    assert!(!narrowed.contains("(platform)"), "{narrowed}");
+    assert!(narrowed.contains("value=\"e20\""), "the field shows the filter");
+
+    // By domain, percent-encoded as a form sends it.
+    let by_domain = admin_get(&running, "/status?environment=e005%2Eapps").await.text();
+    assert_eq!(by_domain.matches("<details>").count(), 1);
+    assert!(by_domain.contains("<summary>e005</summary>"), "{by_domain}");
+}

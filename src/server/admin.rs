@@ -118,14 +118,16 @@ fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>>
             response
         }
         "/status" => {
-            let mut response = text(StatusCode::OK, super::status_page::render(shared));
+            let scope = super::status_page::Scope::from_query(request.uri().query());
+            let mut response = text(StatusCode::OK, super::status_page::render(shared, &scope));
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-            // Defence in depth beside the escaping: no script, frame, form or outside resource.
+            // Defence in depth beside the escaping: no script, frame or outside resource, and
+            // the one form (the environment filter) goes back to this page only.
             headers.insert(
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(
-                    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
                 ),
             );
             headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

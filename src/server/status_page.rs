@@ -9,6 +9,11 @@
 //! markup; the response's Content-Security-Policy allows no script, frame or external resource
 //! besides, and the page has none: it reads the same without JavaScript. Request rates come from
 //! a sample of every environment's counters every [`RATE_SAMPLE_EVERY`], kept for a minute.
+//!
+//! With thousands of environments the whole page would be megabytes: it lists at most
+//! [`ROWS_SHOWN`] environments (those with instances down first, then the busiest) and
+//! certificates (soonest expiry first), and `?environment=TEXT` narrows every section to the
+//! environments whose name or a domain contains TEXT, as HAProxy's stats page has its scope.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -21,7 +26,8 @@ use super::Shared;
 use crate::headers::HeaderAction;
 use crate::live::Installed;
 use crate::metrics::{EnvironmentMetrics, RequestTotals};
-use crate::snapshot::summary::{CertificateSummary, unix_now};
+use crate::snapshot::summary::{CertificateSummary, EnvironmentSummary, unix_now};
+use crate::upstream::GroupReport;
 
 /// Reloads the page lists, newest first.
 pub const RELOADS_KEPT: usize = 10;
@@ -33,6 +39,40 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 pub const EXPIRING_DAYS: i64 = 14;
 /// Longer reload errors are cut (the audit log and `POST /reload` have them whole).
 const ERROR_SHOWN: usize = 2_000;
+/// At most this many environments, and as many certificates, are listed on one view.
+pub const ROWS_SHOWN: usize = 200;
+
+/// Which environments a view shows: all, or with `?environment=TEXT` those whose name or a
+/// domain contains TEXT (ASCII case ignored).
+#[derive(Debug, Default)]
+pub struct Scope {
+    filter: Option<String>,
+}
+
+impl Scope {
+    /// The scope a request's query asks for (`environment=`, form-encoded).
+    pub fn from_query(query: Option<&str>) -> Self {
+        let filter = (query.into_iter())
+            .flat_map(|query| form_urlencoded::parse(query.as_bytes()))
+            .find(|(key, _)| key == "environment")
+            .map(|(_, value)| value.trim().to_ascii_lowercase())
+            .filter(|value| !value.is_empty());
+        Self { filter }
+    }
+
+    fn matches(&self, environment: &EnvironmentSummary) -> bool {
+        let Some(text) = &self.filter else { return true };
+        let contains = |name: &str| name.to_ascii_lowercase().contains(text.as_str());
+        contains(&environment.name) || environment.domains.iter().any(|domain| contains(domain))
+    }
+}
+
+/// The environments one view lists, by the snapshot's index, in the order shown.
+struct Selection<'a> {
+    shown: Vec<usize>,
+    names: std::collections::HashSet<&'a str>,
+    matching: usize,
+}
 
 /// What the page remembers between views: the last reloads and the counter samples.
 #[derive(Debug, Default)]
@@ -134,9 +174,12 @@ tr.expiring td { background: #fff1c2; } tr.expired td { background: #ffd6d6; }
 details { margin: .3em 0; } summary { cursor: pointer; }
 ";
 
-/// The page, as of now.
-pub fn render(shared: &Shared) -> String {
+/// The page, as of now, for `scope`.
+pub fn render(shared: &Shared, scope: &Scope) -> String {
     let installed = shared.installed();
+    let groups = crate::upstream::report(&shared.live.upstream_groups());
+    let available = available_instances(&groups);
+    let selection = select(scope, &installed, &available);
     let page = html! {
         (DOCTYPE)
         html lang="en" {
@@ -150,15 +193,66 @@ pub fn render(shared: &Shared) -> String {
                 h1 { "gatehouse " (env!("CARGO_PKG_VERSION")) }
                 (overview(shared, &installed))
                 (reloads(shared))
-                (environments(shared, &installed))
-                (instances(shared))
-                (certificates(&installed))
+                (scope_form(scope))
+                (environments(shared, &installed, &selection, &available))
+                (instances(&groups, &selection))
+                (certificates(&installed, scope))
                 (tickets(shared))
-                (settings(&installed))
+                (settings(&installed, &selection))
             }
         }
     };
     page.into_string()
+}
+
+/// Instances available and configured, by environment name.
+fn available_instances(groups: &[GroupReport]) -> HashMap<&str, (usize, usize)> {
+    (groups.iter())
+        .map(|group| {
+            let up = group.instances.iter().filter(|instance| instance.available).count();
+            (group.environment.as_str(), (up, group.instances.len()))
+        })
+        .collect()
+}
+
+/// The environments in `scope`, those with instances down first, then the busiest, then in the
+/// configuration's order; at most [`ROWS_SHOWN`].
+fn select<'a>(scope: &Scope, installed: &'a Installed, available: &HashMap<&str, (usize, usize)>) -> Selection<'a> {
+    let summaries = &installed.snapshot.summary.environments;
+    let mut matching: Vec<(bool, std::cmp::Reverse<u64>, usize)> = (installed.environments().iter())
+        .zip(summaries.iter())
+        .enumerate()
+        .filter(|(_, (_, summary))| scope.matches(summary))
+        .map(|(index, (environment, summary))| {
+            let (up, all) = available.get(summary.name.as_str()).copied().unwrap_or_default();
+            let requests = environment.live.metrics.totals().requests;
+            (up >= all, std::cmp::Reverse(requests), index)
+        })
+        .collect();
+    let count = matching.len();
+    if count > ROWS_SHOWN {
+        matching.select_nth_unstable(ROWS_SHOWN - 1);
+        matching.truncate(ROWS_SHOWN);
+    }
+    matching.sort_unstable();
+    let shown: Vec<usize> = matching.into_iter().map(|(_, _, index)| index).collect();
+    let names = shown.iter().map(|&index| summaries[index].name.as_str()).collect();
+    Selection {
+        shown,
+        names,
+        matching: count,
+    }
+}
+
+fn scope_form(scope: &Scope) -> Markup {
+    html! {
+        form method="get" action="/status" {
+            label { "Environments whose name or a domain contains "
+                input type="search" name="environment" value=(scope.filter.as_deref().unwrap_or("")); }
+            " " button type="submit" { "show" }
+            @if scope.filter.is_some() { " " a href="/status" { "all environments" } }
+        }
+    }
 }
 
 fn overview(shared: &Shared, installed: &Installed) -> Markup {
@@ -233,27 +327,34 @@ fn reloads(shared: &Shared) -> Markup {
     }
 }
 
-fn environments(shared: &Shared, installed: &Installed) -> Markup {
+fn environments(
+    shared: &Shared,
+    installed: &Installed,
+    selection: &Selection,
+    available: &HashMap<&str, (usize, usize)>,
+) -> Markup {
     let base = shared.status.rate_base();
-    let groups = crate::upstream::report(&shared.live.upstream_groups());
-    let instances: HashMap<&str, (usize, usize)> = (groups.iter())
-        .map(|group| {
-            let up = group.instances.iter().filter(|instance| instance.available).count();
-            (group.environment.as_str(), (up, group.instances.len()))
-        })
-        .collect();
     let summaries = &installed.snapshot.summary.environments;
     html! {
         h2 { "Environments (" (summaries.len()) ")" }
+        @if selection.shown.len() < selection.matching {
+            p.warn {
+                "Showing " (selection.shown.len()) " of the " (selection.matching) " environments "
+                @if selection.matching < summaries.len() { "that match" } @else { "configured" }
+                " (those with instances down first, then the busiest); "
+                "narrow them with the field above or ?environment= in the address."
+            }
+        }
         table {
             thead { tr {
                 th { "environment" } th { "domains" } th { "requests/s (last minute)" } th { "requests" }
                 th { "denied" } th { "would deny (report-only)" } th { "instances available" }
             } }
             tbody {
-                @for (environment, summary) in installed.environments().iter().zip(summaries.iter()) {
+                @for &index in &selection.shown {
+                    @let (environment, summary) = (&installed.environments()[index], &summaries[index]);
                     @let totals = environment.live.metrics.totals();
-                    @let (up, all) = instances.get(&*environment.config.name).copied().unwrap_or_default();
+                    @let (up, all) = available.get(summary.name.as_str()).copied().unwrap_or_default();
                     tr {
                         td { (summary.name) }
                         td { (summary.domains.join(", ")) }
@@ -286,8 +387,7 @@ fn rate(base: Option<&RateBase>, metrics: &Arc<EnvironmentMetrics>, now: Request
     format!("{:.1}", now.requests.saturating_sub(before) as f64 / age.as_secs_f64())
 }
 
-fn instances(shared: &Shared) -> Markup {
-    let groups = crate::upstream::report(&shared.live.upstream_groups());
+fn instances(groups: &[GroupReport], selection: &Selection) -> Markup {
     html! {
         h2 { "App instances" }
         table {
@@ -296,7 +396,7 @@ fn instances(shared: &Shared) -> Markup {
                 th { "health check" } th { "slow start" } th { "in flight" } th { "idle connections" }
             } }
             tbody {
-                @for group in &groups {
+                @for group in groups.iter().filter(|group| selection.names.contains(group.environment.as_str())) {
                     @for instance in &group.instances {
                         tr {
                             td { (group.environment) }
@@ -324,11 +424,18 @@ fn instances(shared: &Shared) -> Markup {
     }
 }
 
-fn certificates(installed: &Installed) -> Markup {
+fn certificates(installed: &Installed, scope: &Scope) -> Markup {
     let summary = &installed.snapshot.summary;
     let now = unix_now();
-    let mut rows: Vec<(&str, &CertificateSummary)> = vec![("(platform)", &summary.platform_certificate)];
-    for environment in &summary.environments {
+    let mut rows: Vec<(&str, &CertificateSummary)> = Vec::new();
+    if scope.filter.is_none() {
+        rows.push(("(platform)", &summary.platform_certificate));
+    }
+    for environment in summary
+        .environments
+        .iter()
+        .filter(|environment| scope.matches(environment))
+    {
         rows.extend(
             environment
                 .certificates
@@ -337,8 +444,13 @@ fn certificates(installed: &Installed) -> Markup {
         );
     }
     rows.sort_by_key(|(_, certificate)| certificate.not_after);
+    let count = rows.len();
+    rows.truncate(ROWS_SHOWN);
     html! {
         h2 { "Certificates (soonest expiry first; highlighted under " (EXPIRING_DAYS) " days)" }
+        @if rows.len() < count {
+            p.warn { "Showing the " (rows.len()) " of " (count) " that expire soonest." }
+        }
         table {
             thead { tr { th { "environment" } th { "file" } th { "subject" } th { "names" } th { "not after" } th { "days left" } } }
             tbody {
@@ -373,11 +485,11 @@ fn tickets(shared: &Shared) -> Markup {
     }
 }
 
-fn settings(installed: &Installed) -> Markup {
+fn settings(installed: &Installed, selection: &Selection) -> Markup {
     let snapshot = &installed.snapshot;
     html! {
         h2 { "Environment settings" }
-        @for environment in snapshot.environments.iter() {
+        @for environment in selection.shown.iter().filter_map(|&index| snapshot.environments.get(index)) {
             details {
                 summary { (environment.name) }
                 @let rules = sorted_rules(&environment.rules);
