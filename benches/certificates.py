@@ -439,6 +439,17 @@ def memory_once_started(pid, port, figures):
     figures["rss_after_handshakes"] = rss_mib(pid)
 
 
+def handshakes_beside(many, many_port, few, few_port, work, seconds, figures):
+    """Start `few` (10 environments) beside the running `many` (10,000) and measure both
+    proxies' handshake rates in alternating rounds (see `handshake_rates`); `few` is stopped after."""
+    few.start()
+    try:
+        handshake_rates(HandshakeLoad(many.pid, many_port, ENVIRONMENTS, work),
+                        HandshakeLoad(few.pid, few_port, 10, work), seconds, figures)
+    finally:
+        few.stop()
+
+
 def measure_gatehouse(binary, work, seconds):
     figures = {}
     many = Gatehouse(binary, os.path.join(work, "g10000"), ENVIRONMENTS)
@@ -467,12 +478,7 @@ def measure_gatehouse(binary, work, seconds):
         time.sleep(1)
         figures["rss_after_reloads"] = rss_mib(many.pid)
         few = Gatehouse(binary, os.path.join(work, "g10"), 10, FEW_HTTPS_PORT, FEW_ADMIN_PORT)
-        few.start()
-        try:
-            handshake_rates(HandshakeLoad(many.pid, HTTPS_PORT, ENVIRONMENTS, work),
-                            HandshakeLoad(few.pid, FEW_HTTPS_PORT, 10, work), seconds, figures)
-        finally:
-            few.stop()
+        handshakes_beside(many, HTTPS_PORT, few, FEW_HTTPS_PORT, work, seconds, figures)
     finally:
         many.stop()
     return figures
@@ -505,12 +511,7 @@ def measure_nginx(work, seconds):
         for name in ("platform.pem", "platform.key"):
             shutil.copyfile(os.path.join(CACHE, name), os.path.join(work, "n10", name))
         few = Nginx(os.path.join(work, "n10"), 10, FEW_NGINX_PORT)
-        few.start()
-        try:
-            handshake_rates(HandshakeLoad(many.pid, NGINX_PORT, ENVIRONMENTS, work),
-                            HandshakeLoad(few.pid, FEW_NGINX_PORT, 10, work), seconds, figures)
-        finally:
-            few.stop()
+        handshakes_beside(many, NGINX_PORT, few, FEW_NGINX_PORT, work, seconds, figures)
     finally:
         many.stop()
     return figures
